@@ -1,0 +1,51 @@
+"""Image decoding and preprocessing with the exact semantics of the official GraFIQs script.
+
+The official `extract_grafiqs.py` reads with `cv2.imread` (8-bit, 3-channel BGR: gray
+is replicated, alpha dropped, 16-bit scaled down), optionally converts BGR->RGB, makes
+a uint8 CHW tensor, resizes it to 112x112 with antialiased bilinear interpolation of
+the uint8 values, scales to [0, 1] and normalises with mean 0.5, std 0.5.
+This module is the single place where that happens, for scoring, training and evaluation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from grafiqs.errors import ImageError
+
+INPUT_SIZE = 112
+
+
+def decode_image(data: bytes, bgr2rgb: bool = False, source: str = "image") -> np.ndarray:
+    """Encoded bytes -> uint8 HxWx3 array in BGR (default, as cv2) or RGB order."""
+    if not data:
+        raise ImageError(f"{source}: empty file")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(f"{source}: not a decodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr2rgb else image
+
+
+def read_image(path: str | Path, bgr2rgb: bool = False) -> np.ndarray:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ImageError(f"{path}: cannot be read ({error.strerror or error})") from None
+    return decode_image(data, bgr2rgb, source=str(path))
+
+
+def to_model_tensor(image: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
+    """uint8 HxWx3 array -> uint8 3x size x size tensor, resized as torchvision resizes uint8 tensors."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if tensor.shape[1:] != (size, size):
+        tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return tensor.contiguous()
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float in [-1, 1]: scale to [0, 1], then mean 0.5, std 0.5."""
+    return (images.float() / 255.0 - 0.5) / 0.5

@@ -1,0 +1,17 @@
+"""The project's error types: each message says what is wrong and what to do."""
+
+
+class GrafiqsError(Exception):
+    """Base class of every error this project raises on bad input."""
+
+
+class WeightsError(GrafiqsError):
+    """A weights or checkpoint file is missing, unreadable, unsafe or for another architecture."""
+
+
+class ImageError(GrafiqsError):
+    """An image file cannot be read or decoded."""
+
+
+class InputError(GrafiqsError):
+    """A path, option or data file given by the user is unusable."""

@@ -1,0 +1,107 @@
+"""Load backbone weights safely and explain a mismatch instead of dumping a traceback."""
+from __future__ import annotations
+
+import pickle
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from grafiqs.errors import WeightsError
+from grafiqs.models.iresnet import ARCHITECTURES, IResNet, build_iresnet
+
+_STRIPPED_PREFIXES = ("module.", "backbone.", "model.")
+_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a `.pth`/`.pt`/`.ckpt` file, never executing pickled code.
+
+    Accepts insightface/official GraFIQs state dicts, DDP-saved ones (`module.` prefix)
+    and checkpoints that hold them under `state_dict`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path} (pass --weights with the path of a .pth state dict)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise WeightsError(
+            f"{path}: refused to unpickle: it holds objects other than tensors and plain containers, "
+            f"so loading it could run code ({str(error).splitlines()[0]})"
+        ) from None
+    except Exception as error:  # truncated zip, not a torch file at all, ...
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({type(error).__name__}: {error})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise WeightsError(f"{path}: expected a state dict of tensors, found {type(loaded).__name__}")
+    return {_strip_prefix(key): value for key, value in loaded.items()}
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in _STRIPPED_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def describe_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
+    """What an iResNet state dict's keys and shapes say about the network that wrote it."""
+    blocks = Counter()
+    for key in state_dict:
+        match = _BLOCK_KEY.match(key)
+        if match:
+            blocks[int(match.group(1))] = max(blocks[int(match.group(1))], int(match.group(2)) + 1)
+    layers = tuple(blocks.get(stage, 0) for stage in (1, 2, 3, 4))
+    widths = tuple(
+        state_dict[f"layer{stage}.0.conv1.weight"].shape[0] if f"layer{stage}.0.conv1.weight" in state_dict else 0
+        for stage in (1, 2, 3, 4)
+    )
+    fc = state_dict.get("fc.weight")
+    name = next((arch for arch, depth in ARCHITECTURES.items() if depth == layers), None)
+    return {
+        "arch": name,
+        "layers": layers,
+        "widths": widths,
+        "num_features": int(fc.shape[0]) if fc is not None else None,
+    }
+
+
+def load_weights(model: IResNet, state_dict: dict[str, torch.Tensor], source: str = "weights") -> IResNet:
+    """Copy `state_dict` into `model`, or raise a WeightsError that names every mismatch."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong_shape:
+        found = describe_architecture(state_dict)
+        suggestion = found["arch"] or f"an iResNet with blocks {found['layers']} and widths {found['widths']}"
+        parts = [f"{source} do not fit the chosen backbone"]
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
+            if items:
+                shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+                parts.append(f"{len(items)} {label}: {shown}")
+        parts.append(f"the file's keys suggest {suggestion} with num_features={found['num_features']}")
+        raise WeightsError("; ".join(parts))
+    model.load_state_dict(state_dict)
+    return model
+
+
+def load_backbone(arch: str | None, weights: str | Path, num_features: int | None = None) -> IResNet:
+    """An eval-mode iResNet with the weights of `weights`; `arch=None` takes the architecture the keys imply."""
+    state_dict = read_state_dict(weights)
+    found = describe_architecture(state_dict)
+    num_features = num_features or found["num_features"] or 512
+    if arch is None:
+        if found["arch"] is None and 0 in found["layers"]:
+            raise WeightsError(f"{weights}: no iResNet keys (layer1.0.conv1.weight, ...) found; is this a backbone?")
+        model = IResNet(found["layers"], num_features, widths=found["widths"])
+    else:
+        model = build_iresnet(arch, num_features)
+    return load_weights(model, state_dict, source=f"weights {weights}").eval()

@@ -1,0 +1,46 @@
+"""Per-sample statistics of the inputs of every BatchNorm2d layer, recorded with forward hooks."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator
+
+import torch
+from torch import nn
+
+# layer name -> (per-sample channel means [B, C], per-sample biased channel variances [B, C])
+LayerStatistics = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+class BNInputStatistics:
+    """Records, during a forward pass, each BatchNorm2d input's mean and biased variance over (H, W).
+
+    These are the statistics a BN layer in training mode would compute for a batch
+    of one sample; GraFIQs compares them with the layer's running statistics.
+    Only `nn.BatchNorm2d` layers take part: the embedding's BatchNorm1d does not.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+        if not self.layers:
+            raise ValueError("the model has no BatchNorm2d layer, so GraFIQs has no statistics to compare")
+
+    def running(self) -> LayerStatistics:
+        """The statistics recorded in training, the reference every sample is compared with."""
+        return {name: (m.running_mean, m.running_var) for name, m in self.layers.items()}
+
+    @contextmanager
+    def record(self) -> Iterator[LayerStatistics]:
+        """Within the block, every forward fills the yielded dict, in forward order."""
+        recorded: LayerStatistics = {}
+        handles = [m.register_forward_pre_hook(partial(_store, recorded, name)) for name, m in self.layers.items()]
+        try:
+            yield recorded
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _store(recorded: LayerStatistics, name: str, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    variance, mean = torch.var_mean(inputs[0], dim=(2, 3), correction=0)
+    recorded[name] = (mean, variance)
