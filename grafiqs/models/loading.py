@@ -27,10 +27,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise WeightsError(
-            f"{path}: refused to unpickle: it holds objects other than tensors and plain containers, "
-            f"so loading it could run code ({str(error).splitlines()[0]})"
-        ) from None
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        if refused:
+            raise WeightsError(
+                f"{path}: refused to unpickle: it asks for {refused.group(1)}, which is not a tensor or plain "
+                "container and could run code; only plain state dicts are loaded"
+            ) from None
+        raise WeightsError(f"{path}: not a readable PyTorch weights file (unsupported pickle content)") from None
     except Exception as error:  # truncated zip, not a torch file at all, ...
         raise WeightsError(f"{path}: not a readable PyTorch weights file ({type(error).__name__}: {error})") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):

@@ -1,0 +1,260 @@
+"""`score.py`: GraFIQs scores for a folder of aligned face crops, a drop-in for the authors' extract_grafiqs.py."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from grafiqs.errors import GrafiqsError, InputError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = PROJECT_ROOT / "tests" / "data" / "golden"
+
+DESCRIPTION = """\
+GraFIQs face image quality: push each aligned 112x112 face crop through a frozen
+BatchNorm iResNet, measure how far the per-image BatchNorm input statistics are from
+the running statistics recorded in training, backpropagate that discrepancy and sum
+the absolute gradients of the input image (group `image`) and of the four stage
+outputs (`block1`..`block4`).
+
+The raw magnitude is what the official GraFIQs_<group>.txt files hold: LARGER means a
+larger required change, i.e. LOWER quality. scores.csv adds `quality` = -log10(magnitude
+of --quality-group), where higher is better.
+
+Without arguments, a demo runs on the bundled golden crops."""
+
+EPILOG = """\
+outputs in --output-dir:
+  GraFIQs_image.txt, GraFIQs_block1.txt .. GraFIQs_block4.txt   <path> <raw magnitude>, sorted by path
+  scores.csv    path, every group's magnitude, bns_loss, quality (higher = better), resized
+  errors.csv    every skipped file and why
+  .grafiqs/     per-batch result log: rerunning the same command resumes an interrupted run
+
+examples:
+  python score.py --image-path crops/ --weights 181952backbone.pth --backbone iresnet100 --output-dir out/
+  python score.py --image-path crops/ --image-extension jpg,png --recursive --bgr2rgb --weights backbone.pth
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="score.py", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    official = parser.add_argument_group("options of the official extract_grafiqs.py (same meaning)")
+    official.add_argument("--image-path", help="folder of aligned 112x112 face crops, or a single image file")
+    official.add_argument(
+        "--image-extension", help="extension(s) to score, comma-separated, case-insensitive (default: jpg,jpeg,png,bmp,webp,tif,tiff)"
+    )
+    official.add_argument("--output-dir", help="folder for the score files, created if missing (default: outputs/scores)")
+    official.add_argument(
+        "--backbone",
+        help="iresnet18|iresnet34|iresnet50|iresnet100|iresnet200 (default: inferred from the weights' keys)",
+    )
+    official.add_argument("--weights", help="backbone state dict (.pth, insightface / official GraFIQs key layout)")
+    official.add_argument("--gpu", type=int, help="CUDA device index; without a GPU the run falls back to the CPU")
+    official.add_argument("--path-replace", help="prefix of the image paths to replace in the score files")
+    official.add_argument("--path-replace-with", help="string that replaces the --path-replace prefix")
+    official.add_argument(
+        "--bgr2rgb",
+        action="store_true",
+        help="feed RGB instead of OpenCV's BGR (the official default is BGR; insightface-trained models expect RGB)",
+    )
+    extra = parser.add_argument_group("additional options")
+    extra.add_argument("--recursive", action="store_true", help="also score images in sub-folders (default: flat)")
+    extra.add_argument("--batch-size", type=int, default=16, help="images per forward/backward (default: 16)")
+    extra.add_argument("--num-workers", type=int, default=1, help="DataLoader processes decoding images (default: 1)")
+    extra.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: auto)")
+    extra.add_argument("--devices", default="1", help="number of devices/processes, or a list like 0,1 (default: 1)")
+    extra.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP (default: 1)")
+    extra.add_argument(
+        "--quality-group", default="image", help="group whose magnitude becomes the `quality` column (default: image)"
+    )
+    extra.add_argument("--overwrite", action="store_true", help="discard results of a different run in --output-dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except GrafiqsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    # Heavy imports here so that --help and argument errors answer at once.
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from grafiqs.data.folders import ImageFileDataset, collate_images, list_images, parse_extensions
+    from grafiqs.lit.quality_module import GraFIQsModule
+    from grafiqs.lit.writers import ResultLogWriter, read_result_logs
+    from grafiqs.quality.scorer import GROUPS
+
+    started = time.perf_counter()
+    if args.quality_group not in GROUPS:
+        raise InputError(f"--quality-group must be one of {', '.join(GROUPS)}")
+    demo = args.image_path is None and args.weights is None
+    if demo:
+        args.image_path = str(GOLDEN_DIR / "images")
+        args.output_dir = args.output_dir or "outputs/demo"
+        print(
+            "demo: no --image-path/--weights given, so scoring the bundled golden crops with the counter-hash "
+            "iresnet50 of tests/data/golden (formula weights, not a trained model: the numbers show exactness "
+            "against the authors' code, not face quality)."
+        )
+    elif args.image_path is None:
+        raise InputError("give --image-path (a folder of aligned face crops or one image file)")
+    elif args.weights is None:
+        raise InputError("give --weights, the backbone state dict (.pth) to score with")
+    output_dir = Path(args.output_dir or "outputs/scores")
+    paths = list_images(args.image_path, parse_extensions(args.image_extension), args.recursive)
+    backbone = golden_backbone() if demo else load_backbone_for(args)
+
+    settings = {
+        "image_path": str(Path(args.image_path).resolve()),
+        "image_extension": args.image_extension,
+        "recursive": args.recursive,
+        "weights": "golden" if demo else str(Path(args.weights).resolve()),
+        "architecture": list(backbone.layers_per_stage) + list(backbone.widths),
+        "bgr2rgb": args.bgr2rgb,
+    }
+    check_or_record_settings(output_dir, settings, args.overwrite)
+    done = {path for path, record in read_result_logs(output_dir).items() if "scores" in record}
+    todo = [path for path in paths if path not in done]
+    if done:
+        print(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already scored in {output_dir}")
+
+    accelerator, devices = choose_devices(args, torch)
+    if todo:
+        loader = DataLoader(
+            ImageFileDataset(todo, bgr2rgb=args.bgr2rgb),
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            collate_fn=collate_images,
+            persistent_workers=False,
+        )
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=args.num_nodes,
+            strategy="ddp" if devices != 1 or args.num_nodes > 1 else "auto",
+            inference_mode=False,  # gradients are the score
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=[ResultLogWriter(output_dir, todo)],
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            trainer.predict(GraFIQsModule(backbone), loader, return_predictions=False)
+        if not trainer.is_global_zero:
+            return 0
+    summary = write_final_files(output_dir, paths, read_result_logs(output_dir), args)
+    summary["seconds"] = time.perf_counter() - started
+    print_summary(summary, args, output_dir)
+    return 0
+
+
+def golden_backbone():
+    from grafiqs.models.hashed_weights import hashed_state_dict
+    from grafiqs.models.iresnet import build_iresnet
+
+    model = build_iresnet("iresnet50")
+    model.load_state_dict(hashed_state_dict(model, GOLDEN_DIR / "bn_stats.npz"))
+    return model.eval()
+
+
+def load_backbone_for(args):
+    from grafiqs.models.loading import load_backbone
+
+    return load_backbone(args.backbone, args.weights)
+
+
+def choose_devices(args, torch) -> tuple[str, int | list[int]]:
+    """The official --gpu N picks one CUDA device; without CUDA we warn and use the CPU instead of failing."""
+    if args.gpu is not None:
+        if torch.cuda.is_available():
+            return "gpu", [args.gpu]
+        print(f"warning: --gpu {args.gpu} given but no CUDA device is available; scoring on the CPU", file=sys.stderr)
+        return "cpu", 1
+    devices = args.devices
+    parsed = [int(d) for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
+    return args.accelerator, parsed
+
+
+def check_or_record_settings(output_dir: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to mix results of different settings in one output folder, unless --overwrite."""
+    from grafiqs.lit.writers import LOG_FOLDER
+
+    log_dir = output_dir / LOG_FOLDER
+    settings_file = log_dir / "settings.json"
+    if settings_file.exists():
+        previous = json.loads(settings_file.read_text())
+        if previous != settings:
+            if not overwrite:
+                changed = ", ".join(k for k in settings if previous.get(k) != settings[k])
+                raise InputError(
+                    f"{output_dir} holds results of a run with other settings ({changed}); "
+                    "use another --output-dir, or --overwrite to discard them"
+                )
+            for log in log_dir.glob("rank*.jsonl"):
+                log.unlink()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(settings, indent=1))
+
+
+def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dict], args) -> dict:
+    from grafiqs.data.score_files import quality_from_magnitude, replace_prefix, write_csv, write_score_file
+    from grafiqs.quality.scorer import GROUPS
+
+    scored = [p for p in paths if "scores" in records.get(p, {})]
+    failed = [(p, records[p]["error"]) for p in paths if p in records and "error" in records[p]]
+    shown = {p: replace_prefix(p, args.path_replace, args.path_replace_with) for p in paths}
+    for group in GROUPS:
+        write_score_file(output_dir / f"GraFIQs_{group}.txt", ((shown[p], records[p]["scores"][group]) for p in scored))
+    write_csv(
+        output_dir / "scores.csv",
+        ["path", *GROUPS, "bns_loss", "quality", "resized"],
+        (
+            [shown[p], *(records[p]["scores"][g] for g in GROUPS), records[p]["bns_loss"],
+             quality_from_magnitude(records[p]["scores"][args.quality_group]), int(records[p].get("resized", False))]
+            for p in scored
+        ),
+    )
+    write_csv(output_dir / "errors.csv", ["path", "reason"], failed)
+    return {
+        "found": len(paths),
+        "scored": len(scored),
+        "failed": failed,
+        "resized": [p for p in scored if records[p].get("resized")],
+        "magnitudes": [records[p]["scores"][args.quality_group] for p in scored],
+    }
+
+
+def print_summary(summary: dict, args, output_dir: Path) -> None:
+    colour = "RGB (--bgr2rgb)" if args.bgr2rgb else "BGR (official default; insightface-trained models expect RGB: add --bgr2rgb)"
+    print(f"scored {summary['scored']} of {summary['found']} images in {summary['seconds']:.1f} s; colour order fed to the model: {colour}")
+    if summary["magnitudes"]:
+        values = sorted(summary["magnitudes"])
+        print(
+            f"{args.quality_group} magnitude (larger = lower quality): min {values[0]:.4g}, "
+            f"median {values[len(values) // 2]:.4g}, max {values[-1]:.4g}"
+        )
+    if summary["resized"]:
+        examples = ", ".join(summary["resized"][:3])
+        print(
+            f"warning: {len(summary['resized'])} images were not 112x112 and were resized (e.g. {examples}); GraFIQs "
+            "expects aligned 112x112 face crops, and a resized full photo scores nonsense",
+            file=sys.stderr,
+        )
+    if summary["failed"]:
+        print(f"skipped {len(summary['failed'])} unreadable files (listed in {output_dir / 'errors.csv'}):", file=sys.stderr)
+        for path, reason in summary["failed"][:10]:
+            print(f"  {reason}", file=sys.stderr)
+    print(f"wrote GraFIQs_<group>.txt, scores.csv and errors.csv to {output_dir}")

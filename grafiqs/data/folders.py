@@ -1,0 +1,79 @@
+"""Finding images on disk and serving them, decoded and resized, to a DataLoader."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from grafiqs.data.decode import INPUT_SIZE, read_image, to_model_tensor
+from grafiqs.errors import GrafiqsError, InputError
+
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff")
+
+
+def parse_extensions(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """'jpg,png' or ['.jpg', 'PNG'] -> ('jpg', 'png'); None -> the common image types."""
+    if text is None:
+        return DEFAULT_EXTENSIONS
+    items = text.split(",") if isinstance(text, str) else list(text)
+    extensions = tuple(e.strip().lstrip(".").lower() for e in items if e.strip().lstrip("."))
+    if not extensions:
+        raise InputError(f"no usable image extension in {text!r}; give e.g. --image-extension jpg,png")
+    return extensions
+
+
+def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS, recursive: bool = False) -> list[str]:
+    """Sorted image paths under `path` (a folder, or a single image file taken as it is).
+
+    Paths keep the form the user gave (`folder/name.jpg`, not resolved), as the
+    official score files do. Extensions match case-insensitively.
+    """
+    root = Path(path)
+    if root.is_file():
+        return [str(path)]
+    if not root.is_dir():
+        raise InputError(f"image path not found: {path} (give a folder of aligned face crops or one image file)")
+    wanted = {e.lower() for e in extensions}
+    candidates = root.rglob("*") if recursive else root.iterdir()
+    found = sorted(str(p) for p in candidates if p.suffix.lstrip(".").lower() in wanted and not p.is_dir())
+    if not found:
+        where = "under" if recursive else "directly in"
+        hint = "" if recursive else "; add --recursive to search sub-folders"
+        raise InputError(f"no images with extension {', '.join(sorted(wanted))} {where} {path}{hint}")
+    return found
+
+
+class ImageFileDataset(Dataset):
+    """Item i: image i as a uint8 3x112x112 tensor with its original size, or the reason it is unusable.
+
+    A bad file never raises here: it comes back with `error` set so the run goes on
+    and the writer can name it.
+    """
+
+    def __init__(self, paths: Sequence[str], bgr2rgb: bool = False, size: int = INPUT_SIZE):
+        self.paths = list(paths)
+        self.bgr2rgb = bgr2rgb
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            image = read_image(self.paths[index], self.bgr2rgb)
+        except GrafiqsError as error:
+            return {"index": index, "image": None, "error": str(error), "shape": None}
+        return {"index": index, "image": to_model_tensor(image, self.size), "error": "", "shape": image.shape[:2]}
+
+
+def collate_images(items: list[dict]) -> dict:
+    """Stack the readable images; carry the unreadable ones as (index, reason) pairs."""
+    good = [item for item in items if item["image"] is not None]
+    return {
+        "index": torch.tensor([item["index"] for item in good], dtype=torch.long),
+        "image": torch.stack([item["image"] for item in good]) if good else torch.empty(0, 3, 0, 0, dtype=torch.uint8),
+        "resized": torch.tensor([tuple(item["shape"]) != tuple(item["image"].shape[1:]) for item in good], dtype=torch.bool),
+        "errors": [(item["index"], item["error"]) for item in items if item["image"] is None],
+    }

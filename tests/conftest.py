@@ -1,0 +1,66 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from grafiqs.models.iresnet import IResNet  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+GOLDEN_GROUPS = ("image", "block1", "block2", "block3", "block4")
+
+
+@pytest.fixture(scope="session")
+def golden_expected() -> dict:
+    return json.loads((GOLDEN / "expected.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def golden_model():
+    from grafiqs.cli.score import golden_backbone
+
+    return golden_backbone()
+
+
+@pytest.fixture(scope="session")
+def golden_weights(tmp_path_factory, golden_model) -> Path:
+    """The golden model as a plain .pth state dict, as a user would pass it with --weights."""
+    path = tmp_path_factory.mktemp("golden_weights") / "iresnet50_golden.pth"
+    torch.save(golden_model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_images(tmp_path_factory, golden_expected) -> Path:
+    """A folder with just the scored golden crops (the calibration crops are not scored)."""
+    folder = tmp_path_factory.mktemp("golden_images")
+    for name in golden_expected["meta"]["scored_images"]:
+        (folder / name).write_bytes((GOLDEN / "images" / name).read_bytes())
+    return folder
+
+
+def tiny_iresnet(num_features: int = 32) -> IResNet:
+    """A 4-stage iResNet small enough for fast tests, with BN statistics recorded on noise images."""
+    torch.manual_seed(0)
+    model = IResNet((1, 1, 1, 1), num_features=num_features, widths=(8, 16, 32, 64))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, 3, 112, 112) * 2 - 1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save(tiny_iresnet().state_dict(), path)
+    return path
+
+
+def assert_close_to_golden(actual: float, expected: float, what: str) -> None:
+    relative = abs(actual - expected) / abs(expected)
+    assert relative <= 1e-3, f"{what}: {actual} vs golden {expected} (relative {relative:.2e})"

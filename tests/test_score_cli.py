@@ -1,0 +1,147 @@
+"""score.py behaviour beyond the golden numbers: inputs, bad files, outputs, resume."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import GOLDEN
+from grafiqs.cli.score import main
+from grafiqs.data.score_files import read_score_file
+from grafiqs.lit.writers import LOG_FOLDER
+
+FACES = ["clean.png", "blur_3.png", "dark.png", "noise_40.png", "occluded_eyes.png", "flip.png"]
+
+
+@pytest.fixture
+def faces(tmp_path) -> Path:
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for name in FACES:
+        (folder / name).write_bytes((GOLDEN / "images" / name).read_bytes())
+    return folder
+
+
+def score(folder, out, weights, *extra) -> int:
+    return main(["--image-path", str(folder), "--output-dir", str(out), "--weights", str(weights),
+                 "--num-workers", "0", *map(str, extra)])
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_script_scores_a_single_image_file(tmp_path, tiny_weights, faces):
+    image = faces / "clean.png"
+    done = subprocess.run([sys.executable, "score.py", "--image-path", str(image), "--weights", str(tiny_weights),
+                           "--output-dir", str(tmp_path / "out")], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "colour order fed to the model: BGR" in done.stdout
+    for group in ("image", "block1", "block2", "block3", "block4"):
+        assert list(read_score_file(tmp_path / "out" / f"GraFIQs_{group}.txt")) == [str(image)]
+
+
+def test_scores_csv_has_every_group_and_quality_is_higher_for_smaller_magnitude(tmp_path, tiny_weights, faces):
+    assert score(faces, tmp_path, tiny_weights, "--batch-size", 4) == 0
+    rows = read_csv(tmp_path / "scores.csv")
+    assert [Path(r["path"]).name for r in rows] == sorted(FACES)
+    assert set(rows[0]) == {"path", "image", "block1", "block2", "block3", "block4", "bns_loss", "quality", "resized"}
+    by_magnitude = sorted(rows, key=lambda r: float(r["image"]))
+    assert [float(r["quality"]) for r in by_magnitude] == sorted((float(r["quality"]) for r in rows), reverse=True)
+    official = read_score_file(tmp_path / "GraFIQs_image.txt")
+    assert {r["path"]: float(r["image"]) for r in rows} == official
+    assert read_csv(tmp_path / "errors.csv") == []
+
+
+def test_extensions_recursion_and_path_replacement(tmp_path, tiny_weights, faces):
+    (faces / "sub").mkdir()
+    (faces / "sub" / "deep.PNG").write_bytes((faces / "clean.png").read_bytes())
+    (faces / "copy.jpg").write_bytes((faces / "clean.png").read_bytes())  # PNG bytes under .jpg decode fine
+    (faces / "notes.txt").write_text("not an image")
+    assert score(faces, tmp_path / "a", tiny_weights, "--image-extension", "jpg") == 0
+    assert list(read_score_file(tmp_path / "a" / "GraFIQs_image.txt")) == [str(faces / "copy.jpg")]
+    assert score(faces, tmp_path / "b", tiny_weights, "--image-extension", "png,jpg", "--recursive",
+                 "--path-replace", str(faces), "--path-replace-with", "/data") == 0
+    names = list(read_score_file(tmp_path / "b" / "GraFIQs_block2.txt"))
+    assert names == sorted(["/data/copy.jpg", "/data/sub/deep.PNG"] + [f"/data/{n}" for n in FACES])
+
+
+def test_bad_files_are_skipped_named_and_never_scored(tmp_path, tiny_weights, faces, capsys):
+    (faces / "empty.png").write_bytes(b"")
+    (faces / "truncated.png").write_bytes((faces / "clean.png").read_bytes()[:300])
+    (faces / "text.png").write_text("this is not a png")
+    assert score(faces, tmp_path, tiny_weights, "--batch-size", 3) == 0
+    errors = {Path(r["path"]).name: r["reason"] for r in read_csv(tmp_path / "errors.csv")}
+    assert set(errors) == {"empty.png", "truncated.png", "text.png"}
+    assert "empty file" in errors["empty.png"] and "not a decodable image" in errors["text.png"]
+    scored = {Path(p).name for p in read_score_file(tmp_path / "GraFIQs_image.txt")}
+    assert scored == set(FACES)
+    assert "skipped 3 unreadable files" in capsys.readouterr().err
+
+
+def test_no_images_or_no_weights_exit_with_one_clear_line(tmp_path, tiny_weights, capsys):
+    (tmp_path / "empty").mkdir()
+    assert score(tmp_path / "empty", tmp_path / "out", tiny_weights) == 2
+    assert "no images with extension" in capsys.readouterr().err
+    assert score(GOLDEN / "images", tmp_path / "out", tmp_path / "missing.pth") == 2
+    assert "weights file not found" in capsys.readouterr().err
+    assert score(tmp_path / "nowhere", tmp_path / "out", tiny_weights) == 2
+    assert "image path not found" in capsys.readouterr().err
+
+
+def test_resized_inputs_are_flagged(tmp_path, tiny_weights, capsys):
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    for name in ("clean.png", "large_160.png"):
+        (folder / name).write_bytes((GOLDEN / "images" / name).read_bytes())
+    assert score(folder, tmp_path / "out", tiny_weights) == 0
+    assert {Path(r["path"]).name: r["resized"] for r in read_csv(tmp_path / "out" / "scores.csv")} == {
+        "clean.png": "0", "large_160.png": "1"}
+    assert "were not 112x112" in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes_to_identical_files(tmp_path, tiny_weights, faces):
+    assert score(faces, tmp_path / "full", tiny_weights, "--batch-size", 2) == 0
+    assert score(faces, tmp_path / "cut", tiny_weights, "--batch-size", 2) == 0
+    # Simulate a kill -9 after two images: keep two records and half of the third line.
+    log = tmp_path / "cut" / LOG_FOLDER / "rank0.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:2]) + lines[2][:25])
+    for final in (p for p in (tmp_path / "cut").iterdir() if p.is_file()):
+        final.unlink()
+    assert score(faces, tmp_path / "cut", tiny_weights, "--batch-size", 2) == 0
+    records = [json.loads(l) for l in log.read_text().splitlines() if l.startswith("{") and l.endswith("}")]
+    assert len(records) == len(FACES)  # the two finished images were not scored again
+    for name in ("GraFIQs_image.txt", "GraFIQs_block4.txt", "scores.csv", "errors.csv"):
+        assert (tmp_path / "cut" / name).read_text() == (tmp_path / "full" / name).read_text()
+
+
+def test_other_settings_in_the_same_output_folder_are_refused(tmp_path, tiny_weights, faces, capsys):
+    assert score(faces, tmp_path, tiny_weights) == 0
+    assert score(faces, tmp_path, tiny_weights, "--bgr2rgb") == 2
+    assert "other settings (bgr2rgb)" in capsys.readouterr().err
+    assert score(faces, tmp_path, tiny_weights, "--bgr2rgb", "--overwrite") == 0
+    assert "RGB (--bgr2rgb)" in capsys.readouterr().out
+
+
+def test_gpu_flag_without_cuda_falls_back_to_cpu(tmp_path, tiny_weights, faces, capsys):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert score(faces / "clean.png", tmp_path, tiny_weights, "--gpu", 0) == 0
+    assert "no CUDA device is available; scoring on the CPU" in capsys.readouterr().err
+
+
+def test_help_explains_direction_and_outputs(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for phrase in ("--image-path", "--bgr2rgb", "LARGER means", "higher is better", "scores.csv", "resumes"):
+        assert phrase in text
