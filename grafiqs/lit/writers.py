@@ -49,6 +49,7 @@ class ResultLogWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module) -> None:
         self.file.close()
         self.file = None
+        trainer.strategy.barrier()  # rank 0 merges the logs only after every rank has flushed its last batch
 
 
 def read_result_logs(output_dir: str | Path) -> dict[str, dict]:

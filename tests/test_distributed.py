@@ -1,0 +1,48 @@
+"""score.py under Lightning DDP with two CPU processes: every image exactly once, same scores."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import GOLDEN
+from grafiqs.lit.writers import LOG_FOLDER
+
+ROOT = Path(__file__).parents[1]
+
+
+def run_score(images, out, weights, *extra):
+    command = [sys.executable, "score.py", "--image-path", str(images), "--weights", str(weights),
+               "--output-dir", str(out), "--batch-size", "2", "--num-workers", "0", *extra]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def rows(path):
+    with open(path, newline="") as file:
+        return {row["path"]: row for row in csv.DictReader(file)}
+
+
+def test_two_cpu_processes_score_every_image_once_like_one_process(tmp_path, tiny_weights):
+    images = tmp_path / "images"
+    images.mkdir()
+    calibration = sorted((GOLDEN / "images").glob("calib_*.png"))
+    for i in range(11):  # odd count: the ranks get uneven shares
+        (images / f"face_{i:02d}.png").write_bytes(calibration[i].read_bytes())
+    run_score(images, tmp_path / "one", tiny_weights)
+    run_score(images, tmp_path / "two", tiny_weights, "--accelerator", "cpu", "--devices", "2")
+
+    logged = []
+    for log in sorted((tmp_path / "two" / LOG_FOLDER).glob("rank*.jsonl")):
+        logged.append([json.loads(line)["path"] for line in log.read_text().splitlines()])
+    assert len(logged) == 2 and all(logged), "both ranks scored a share"
+    every = [path for share in logged for path in share]
+    assert sorted(every) == sorted(set(every)) and len(every) == 11  # exactly once
+
+    single, distributed = rows(tmp_path / "one" / "scores.csv"), rows(tmp_path / "two" / "scores.csv")
+    assert list(single) == list(distributed)
+    for path, row in single.items():
+        for column in ("image", "block1", "block2", "block3", "block4", "bns_loss"):
+            a, b = float(row[column]), float(distributed[path][column])
+            assert abs(a - b) <= 1e-5 * abs(a), (path, column, a, b)
+    assert (tmp_path / "one" / "GraFIQs_image.txt").read_text().splitlines().__len__() == 11
