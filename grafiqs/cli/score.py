@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument(
         "--quality-group", default="image", help="group whose magnitude becomes the `quality` column (default: image)"
     )
+    extra.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16"],
+        help="32: exact (default). bf16: opt-in bfloat16 autocast of the convolutions, faster on CPUs with "
+        "AVX-512-BF16/AMX and on GPUs; scores are approximate (rank fidelity in benchmarks/RESULTS.md)",
+    )
     extra.add_argument("--overwrite", action="store_true", help="discard results of a different run in --output-dir")
     return parser
 
@@ -123,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         "weights": "golden" if demo else str(Path(args.weights).resolve()),
         "architecture": list(backbone.layers_per_stage) + list(backbone.widths),
         "bgr2rgb": args.bgr2rgb,
+        "precision": args.precision,
     }
     check_or_record_settings(output_dir, settings, args.overwrite)
     done = {path for path, record in read_result_logs(output_dir).items() if "scores" in record}
@@ -152,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            trainer.predict(GraFIQsModule(backbone), loader, return_predictions=False)
+            trainer.predict(GraFIQsModule(backbone, precision=args.precision), loader, return_predictions=False)
         if not trainer.is_global_zero:
             return 0
     summary = write_final_files(output_dir, paths, read_result_logs(output_dir), args)

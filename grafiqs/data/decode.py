@@ -8,6 +8,7 @@ This module is the single place where that happens, for scoring, training and ev
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -18,16 +19,40 @@ import torch.nn.functional as F
 from grafiqs.errors import ImageError
 
 INPUT_SIZE = 112
+# Refuse larger images before decoding them (decompression bombs); an aligned crop is 112x112.
+MAX_PIXELS = 64_000_000
 
 
 def decode_image(data: bytes, bgr2rgb: bool = False, source: str = "image") -> np.ndarray:
-    """Encoded bytes -> uint8 HxWx3 array in BGR (default, as cv2) or RGB order."""
+    """Encoded bytes -> uint8 HxWx3 array in BGR (default, as cv2) or RGB order.
+
+    OpenCV's IMREAD_COLOR, as the official cv2.imread: gray is replicated, alpha dropped,
+    16-bit scaled to 8-bit, CMYK converted, and the EXIF orientation applied.
+    """
     if not data:
         raise ImageError(f"{source}: empty file")
+    pixels = _header_pixels(data)
+    if pixels is not None and pixels > MAX_PIXELS:
+        raise ImageError(f"{source}: {pixels} pixels exceed the limit of {MAX_PIXELS}; crop and align faces first")
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+        # libjpeg would fill the missing rows with gray and only warn: a score of half an image is wrong.
+        raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise ImageError(f"{source}: not a decodable image")
+        raise ImageError(f"{source}: not a decodable image (unknown format or corrupt data)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr2rgb else image
+
+
+def _header_pixels(data: bytes) -> int | None:
+    """Width x height from the file header without decoding pixels (None if the header is unknown)."""
+    from PIL import Image  # Pillow reads headers lazily; it arrives with matplotlib
+
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Exception:  # not a format Pillow knows: OpenCV's own limit still applies
+        return None
+    return width * height
 
 
 def read_image(path: str | Path, bgr2rgb: bool = False) -> np.ndarray:

@@ -16,10 +16,10 @@ class GraFIQsModule(L.LightningModule):
     scorer enables gradients itself; under `inference_mode` nothing could.
     """
 
-    def __init__(self, backbone: nn.Module, groups: tuple[str, ...] = GROUPS):
+    def __init__(self, backbone: nn.Module, groups: tuple[str, ...] = GROUPS, precision: str = "32"):
         super().__init__()
         self.backbone = backbone
-        self.scorer = GraFIQsScorer(backbone, groups)
+        self.scorer = GraFIQsScorer(backbone, groups, precision=precision)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         prediction = {"index": batch["index"].cpu(), "errors": batch["errors"], "resized": batch["resized"].cpu()}

@@ -42,5 +42,6 @@ class BNInputStatistics:
 
 
 def _store(recorded: LayerStatistics, name: str, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-    variance, mean = torch.var_mean(inputs[0], dim=(2, 3), correction=0)
+    # float32 statistics even under bf16 autocast: the loss compares small differences
+    variance, mean = torch.var_mean(inputs[0].float(), dim=(2, 3), correction=0)
     recorded[name] = (mean, variance)

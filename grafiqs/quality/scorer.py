@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from grafiqs.quality.discrepancy import bns_loss
 
 # What the official code differentiates: the input image and the four stage outputs.
 GROUPS = ("image",) + STAGE_NAMES
+PRECISIONS = ("32", "bf16")
 
 
 @dataclass
@@ -27,23 +29,41 @@ class GraFIQsResult:
 
 
 class GraFIQsScorer:
-    """Scores batches with a frozen BatchNorm network that has `forward_stages` (see `IResNet`)."""
+    """Scores batches with a frozen BatchNorm network that has `forward_stages` (see `IResNet`).
 
-    def __init__(self, model: nn.Module, groups: tuple[str, ...] = GROUPS):
+    `precision="32"` is exact (the default). `precision="bf16"` runs the convolutions
+    under bfloat16 autocast, an opt-in approximation whose rank fidelity is measured in
+    benchmarks/RESULTS.md; the statistics and the loss stay in float32 either way.
+    `channels_last` changes only the memory layout, not the numbers.
+    """
+
+    def __init__(
+        self, model: nn.Module, groups: tuple[str, ...] = GROUPS, precision: str = "32", channels_last: bool = False
+    ):
         unknown = set(groups) - set(GROUPS)
         if unknown:
             raise ValueError(f"unknown gradient groups {sorted(unknown)}; choose from {GROUPS}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.model = model.eval().requires_grad_(False)  # no weight-gradient work in the backward
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.groups = tuple(groups)
+        self.precision = precision
         self.statistics = BNInputStatistics(model)
+
+    def _autocast(self, device: torch.device):
+        if self.precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return nullcontext()
 
     def __call__(self, images: torch.Tensor) -> GraFIQsResult:
         with torch.enable_grad():
-            images = images.detach().requires_grad_(True)
-            with self.statistics.record() as sample_statistics:
+            images = images.detach().contiguous(memory_format=self.memory_format).requires_grad_(True)
+            with self.statistics.record() as sample_statistics, self._autocast(images.device):
                 embedding, stage_outputs = self.model.forward_stages(images)
             loss = bns_loss(sample_statistics, self.statistics.running())
             differentiated = {"image": images, **stage_outputs}
             gradients = torch.autograd.grad(loss.sum(), [differentiated[g] for g in self.groups])
-        scores = {g: grad.abs().flatten(1).sum(1) for g, grad in zip(self.groups, gradients)}
-        return GraFIQsResult(scores=scores, bns_loss=loss.detach(), embedding=embedding.detach())
+        scores = {g: grad.float().abs().flatten(1).sum(1) for g, grad in zip(self.groups, gradients)}
+        return GraFIQsResult(scores=scores, bns_loss=loss.detach(), embedding=embedding.detach().float())

@@ -1,0 +1,166 @@
+"""Throughput of the GraFIQs scorer against the official-style per-image loop, in one run.
+
+    python benchmarks/bench_scorer.py --arch iresnet50 --images 48 --batch-size 16 --record
+
+Both sides use the same counter-hash weights and the golden crops (cycled to --images).
+Reported: images/s of the per-image reference loop (grafiqs.quality.reference), of the
+batched scorer, their ratio, the worst relative score difference (exact mode) or the
+Spearman rank correlation per group (bf16), peak RSS, start-up time, and with --e2e the
+marginal seconds per image of whole `score.py` processes (start-up cancelled by taking
+two image counts). --record appends a row to benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "data" / "golden"
+GROUPS = ("image", "block1", "block2", "block3", "block4")
+
+
+def build_model(arch: str):
+    import torch
+
+    from grafiqs.models.hashed_weights import hashed_state_dict
+    from grafiqs.models.iresnet import build_iresnet
+
+    model = build_iresnet(arch)
+    model.load_state_dict(hashed_state_dict(model, GOLDEN / "bn_stats.npz" if arch == "iresnet50" else None))
+    if arch != "iresnet50":  # record running statistics on the crops, as the golden model's were
+        model.train()
+        with torch.no_grad():
+            model(load_images(16))
+    return model.eval()
+
+
+def load_images(count: int):
+    import torch
+
+    from grafiqs.data.decode import normalize, read_image, to_model_tensor
+
+    files = sorted(p for p in (GOLDEN / "images").glob("*.png"))
+    tensors = [to_model_tensor(read_image(f)) for f in files]
+    return normalize(torch.stack([tensors[i % len(tensors)] for i in range(count)]))
+
+
+def spearman(a, b) -> float:
+    import numpy as np
+
+    ranks = [np.argsort(np.argsort(x)).astype(float) for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def machine() -> str:
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    import os
+
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def marginal_seconds_per_image(arch_weights: Path, arch: str, args) -> float:
+    """Whole score.py processes on two image counts; the difference cancels start-up."""
+    times = []
+    files = sorted((GOLDEN / "images").glob("*.png"))
+    for count in (args.batch_size, args.batch_size + args.images):
+        with tempfile.TemporaryDirectory() as folder:
+            for i in range(count):
+                shutil.copy(files[i % len(files)], Path(folder) / f"{i:05d}.png")
+            command = [sys.executable, str(ROOT / "score.py"), "--image-path", folder, "--weights", str(arch_weights),
+                       "--backbone", arch, "--output-dir", str(Path(folder) / "out"), "--batch-size",
+                       str(args.batch_size), "--num-workers", str(args.num_workers)]
+            if args.precision == "bf16":
+                command += ["--precision", "bf16"]
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            times.append(time.perf_counter() - started)
+    return (times[1] - times[0]) / args.images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="iresnet50")
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--precision", default="32", choices=["32", "bf16"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--e2e", action="store_true", help="also time whole score.py processes")
+    parser.add_argument("--record", action="store_true", help="append the result to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    import numpy as np
+    import torch
+
+    from grafiqs.quality.reference import reference_scores
+    from grafiqs.quality.scorer import GraFIQsScorer
+
+    imported = time.perf_counter() - started
+    model = build_model(args.arch)
+    built = time.perf_counter() - started - imported
+    images = load_images(args.images)
+    scorer = GraFIQsScorer(model, precision=args.precision, channels_last=args.channels_last)
+
+    scorer(images[: args.batch_size])  # warm-up
+    t0 = time.perf_counter()
+    batched = {g: [] for g in GROUPS}
+    for start in range(0, args.images, args.batch_size):
+        result = scorer(images[start : start + args.batch_size])
+        for g in GROUPS:
+            batched[g] += result.scores[g].tolist()
+    scorer_seconds = (time.perf_counter() - t0) / args.images
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    model.to(memory_format=torch.contiguous_format)
+    reference_scores(model, images[:1])  # warm-up
+    t0 = time.perf_counter()
+    reference = [reference_scores(model, images[i : i + 1]) for i in range(args.images)]
+    reference_seconds = (time.perf_counter() - t0) / args.images
+
+    relative = max(
+        abs(batched[g][i] - reference[i][g]) / abs(reference[i][g]) for g in GROUPS for i in range(args.images)
+    )
+    unique = len({tuple(r.values()) for r in reference})  # Spearman on the distinct crops only
+    rho = min(spearman(np.array(batched[g][:unique]), np.array([r[g] for r in reference[:unique]])) for g in GROUPS)
+    e2e = ""
+    if args.e2e:
+        with tempfile.TemporaryDirectory() as folder:
+            weights = Path(folder) / "weights.pth"
+            torch.save(model.state_dict(), weights)
+            per_image = marginal_seconds_per_image(weights, args.arch, args)
+        e2e = f"{1 / per_image:.2f} img/s ({reference_seconds / per_image:.2f}x)"
+
+    row = {
+        "date": datetime.date.today().isoformat(),
+        "arch": args.arch,
+        "mode": f"{'bf16' if args.precision == 'bf16' else 'fp32'}, bs {args.batch_size}"
+        + (", channels_last" if args.channels_last else ""),
+        "reference img/s": f"{1 / reference_seconds:.2f}",
+        "scorer img/s": f"{1 / scorer_seconds:.2f}",
+        "ratio": f"{reference_seconds / scorer_seconds:.2f}x",
+        "score.py marginal": e2e or "-",
+        "worst rel. diff": f"{relative:.1e}",
+        "min Spearman": f"{rho:.4f}",
+        "peak RSS": f"{peak_rss_mb:.0f} MB",
+        "start-up": f"import {imported:.1f} s, build {built:.1f} s",
+    }
+    for key, value in row.items():
+        print(f"{key:>18}: {value}")
+    if args.record:
+        command = "python benchmarks/bench_scorer.py " + " ".join(sys.argv[1:])
+        line = "| " + " | ".join(row.values()) + f" | `{command}` | {machine()}, torch {torch.__version__} |\n"
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as file:
+            file.write(line)
+
+
+if __name__ == "__main__":
+    main()
