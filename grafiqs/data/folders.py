@@ -1,6 +1,7 @@
 """Finding images on disk and serving them, decoded and resized, to a DataLoader."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +38,12 @@ def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS
         raise InputError(f"image path not found: {path} (give a folder of aligned face crops or one image file)")
     wanted = {e.lower() for e in extensions}
     candidates = root.rglob("*") if recursive else root.iterdir()
-    found = sorted(str(p) for p in candidates if p.suffix.lstrip(".").lower() in wanted and not p.is_dir())
+    # os.path.join keeps the user's spelling ("./crops/x.jpg"), as the official glob does; pathlib would not.
+    found = sorted(
+        os.path.join(path, str(p.relative_to(root)))
+        for p in candidates
+        if p.suffix.lstrip(".").lower() in wanted and not p.is_dir()
+    )
     if not found:
         where = "under" if recursive else "directly in"
         hint = "" if recursive else "; add --recursive to search sub-folders"
