@@ -21,9 +21,13 @@ def golden_expected() -> dict:
 
 @pytest.fixture(scope="session")
 def golden_model():
-    from grafiqs.cli.score import golden_backbone
+    """The reference iresnet50: counter-hash weights and BN statistics of the golden set."""
+    from grafiqs.models.hashed_weights import hashed_state_dict
+    from grafiqs.models.iresnet import build_iresnet
 
-    return golden_backbone()
+    model = build_iresnet("iresnet50")
+    model.load_state_dict(hashed_state_dict(model, GOLDEN / "bn_stats.npz"))
+    return model.eval()
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from grafiqs.errors import GrafiqsError, InputError
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-GOLDEN_DIR = PROJECT_ROOT / "tests" / "data" / "golden"
+from grafiqs.errors import GrafiqsError, ImageError, InputError
 
 DESCRIPTION = """\
 GraFIQs face image quality: push each aligned 112x112 face crop through a frozen
@@ -24,12 +22,15 @@ The raw magnitude is what the official GraFIQs_<group>.txt files hold: LARGER me
 larger required change, i.e. LOWER quality. scores.csv adds `quality` = -log10(magnitude
 of --quality-group), where higher is better.
 
-Without arguments, a demo runs on the bundled golden crops."""
+Without arguments, a demo draws a synthetic verification set (clean enrolments,
+clean and degraded probes of unseen identities) into outputs/demo/, scores it with the
+bundled demo model and prints how well each group's discard order helps verification."""
 
 EPILOG = """\
 outputs in --output-dir:
   GraFIQs_image.txt, GraFIQs_block1.txt .. GraFIQs_block4.txt   <path> <raw magnitude>, sorted by path
   scores.csv    path, every group's magnitude, bns_loss, quality (higher = better), resized
+  embeddings.npy  with --save-embeddings: float32 [N, D], rows in the order of scores.csv
   errors.csv    every skipped file and why
   .grafiqs/     per-batch result log: rerunning the same command resumes an interrupted run
 
@@ -51,9 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--output-dir", help="folder for the score files, created if missing (default: outputs/scores)")
     official.add_argument(
         "--backbone",
-        help="iresnet18|iresnet34|iresnet50|iresnet100|iresnet200 (default: inferred from the weights' keys)",
+        help="iresnet18|iresnet34|iresnet50|iresnet100|iresnet200, or custom (a train_fr.py model) "
+        "(default: inferred from the weights' keys)",
     )
-    official.add_argument("--weights", help="backbone state dict (.pth, insightface / official GraFIQs key layout)")
+    official.add_argument(
+        "--weights",
+        help="backbone state dict (.pth, insightface / official GraFIQs key layout), or a train_fr.py checkpoint "
+        "(.ckpt: its recorded colour order becomes the default)",
+    )
     official.add_argument("--gpu", type=int, help="CUDA device index; without a GPU the run falls back to the CPU")
     official.add_argument("--path-replace", help="prefix of the image paths to replace in the score files")
     official.add_argument("--path-replace-with", help="string that replaces the --path-replace prefix")
@@ -79,7 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="32: exact (default). bf16: opt-in bfloat16 autocast of the convolutions, faster on CPUs with "
         "AVX-512-BF16/AMX and on GPUs; scores are approximate (rank fidelity in benchmarks/RESULTS.md)",
     )
+    extra.add_argument(
+        "--save-embeddings", action="store_true", help="also write the FR embeddings of the same forward pass (embeddings.npy)"
+    )
     extra.add_argument("--overwrite", action="store_true", help="discard results of a different run in --output-dir")
+    extra.add_argument(
+        "--strict", action="store_true",
+        help="stop with exit code 3 at the first unreadable image (default: skip it, list it in errors.csv, go on)",
+    )
     return parser
 
 
@@ -87,9 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
+    except ImageError as error:  # only --strict turns a bad image into an error
+        print(f"error: {error}\nthe scored batches are kept: rerun without --strict to skip bad files and resume",
+              file=sys.stderr)
+        return 3
     except GrafiqsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # read-only folder, full disk, ...: name the file, keep what is done
+        where = error.filename or args.output_dir or "the output folder"
+        print(f"error: cannot write {where}: {error.strerror or error}. Batches already scored are kept in "
+              f"{Path(args.output_dir or 'outputs/scores') / '.grafiqs'}; free space or choose a writable --output-dir, "
+              "then rerun the same command to resume", file=sys.stderr)
+        return 4
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,29 +131,24 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--quality-group must be one of {', '.join(GROUPS)}")
     demo = args.image_path is None and args.weights is None
     if demo:
-        args.image_path = str(GOLDEN_DIR / "images")
-        args.output_dir = args.output_dir or "outputs/demo"
-        print(
-            "demo: no --image-path/--weights given, so scoring the bundled golden crops with the counter-hash "
-            "iresnet50 of tests/data/golden (formula weights, not a trained model: the numbers show exactness "
-            "against the authors' code, not face quality)."
-        )
+        prepare_demo(args)
     elif args.image_path is None:
         raise InputError("give --image-path (a folder of aligned face crops or one image file)")
     elif args.weights is None:
         raise InputError("give --weights, the backbone state dict (.pth) to score with")
     output_dir = Path(args.output_dir or "outputs/scores")
     paths = list_images(args.image_path, parse_extensions(args.image_extension), args.recursive)
-    backbone = golden_backbone() if demo else load_backbone_for(args)
+    backbone = load_backbone_for(args)
 
     settings = {
         "image_path": str(Path(args.image_path).resolve()),
         "image_extension": args.image_extension,
         "recursive": args.recursive,
-        "weights": "golden" if demo else str(Path(args.weights).resolve()),
+        "weights": str(Path(args.weights).resolve()),
         "architecture": list(backbone.layers_per_stage) + list(backbone.widths),
         "bgr2rgb": args.bgr2rgb,
         "precision": args.precision,
+        "save_embeddings": args.save_embeddings,
     }
     check_or_record_settings(output_dir, settings, args.overwrite)
     done = {path for path, record in read_result_logs(output_dir).items() if "scores" in record}
@@ -156,31 +174,71 @@ def run(args: argparse.Namespace) -> int:
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            callbacks=[ResultLogWriter(output_dir, todo)],
+            callbacks=[ResultLogWriter(output_dir, todo, strict=args.strict)],
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            trainer.predict(GraFIQsModule(backbone, precision=args.precision), loader, return_predictions=False)
+            warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning's own deprecation noise
+            module = GraFIQsModule(backbone, precision=args.precision, return_embeddings=args.save_embeddings)
+            trainer.predict(module, loader, return_predictions=False)
         if not trainer.is_global_zero:
             return 0
-    summary = write_final_files(output_dir, paths, read_result_logs(output_dir), args)
+    records = read_result_logs(output_dir)
+    labels = demo_labels(paths, records) if demo else None
+    summary = write_final_files(output_dir, paths, records, args, labels)
     summary["seconds"] = time.perf_counter() - started
     print_summary(summary, args, output_dir)
+    if demo:
+        print_demo_report(output_dir, paths, records, labels)
     return 0
 
 
-def golden_backbone():
-    from grafiqs.models.hashed_weights import hashed_state_dict
-    from grafiqs.models.iresnet import build_iresnet
+def prepare_demo(args) -> None:
+    """Point args at the bundled model and a synthetic verification set (drawn on the first run)."""
+    from grafiqs.experiments.demo import DEMO_SET, DEMO_WEIGHTS
+    from grafiqs.experiments.synthetic_set import prepare_synthetic_set
 
-    model = build_iresnet("iresnet50")
-    model.load_state_dict(hashed_state_dict(model, GOLDEN_DIR / "bn_stats.npz"))
-    return model.eval()
+    args.output_dir = args.output_dir or "outputs/demo"
+    folder = prepare_synthetic_set(Path(args.output_dir) / "images", DEMO_SET)
+    args.image_path, args.weights, args.save_embeddings = str(folder), str(DEMO_WEIGHTS), True
+    print(f"demo: scoring {DEMO_SET.size} synthetic faces in {folder} with the bundled model {DEMO_WEIGHTS.name} "
+          "(score your own crops with --image-path and --weights)")
+
+
+def demo_labels(paths: list[str], records: dict):
+    """Manifest labels of the scored demo images, in scored order."""
+    from grafiqs.experiments.synthetic_set import read_labels
+
+    scored = [p for p in paths if "scores" in records.get(p, {})]
+    return read_labels(Path(paths[0]).parent, [Path(p).name for p in scored])
+
+
+def print_demo_report(output_dir: Path, paths: list[str], records: dict, labels) -> None:
+    import numpy as np
+
+    from grafiqs.experiments.demo import report_demo
+    from grafiqs.lit.writers import decode_embedding
+    from grafiqs.quality.scorer import GROUPS
+
+    scored = [p for p in paths if "scores" in records.get(p, {})]
+    magnitudes = {g: np.array([records[p]["scores"][g] for p in scored]) for g in GROUPS}
+    embeddings = np.stack([decode_embedding(records[p]) for p in scored])
+    print()
+    print(report_demo(output_dir, magnitudes, embeddings, labels))
+    print(f"EDC plot: {output_dir / 'edc.png'}; table: {output_dir / 'demo_table.md'}")
 
 
 def load_backbone_for(args):
-    from grafiqs.models.loading import load_backbone
+    """The backbone of --weights; a project checkpoint's recorded colour order decides --bgr2rgb."""
+    from grafiqs.models.loading import load_backbone, read_checkpoint_metadata
 
+    metadata = read_checkpoint_metadata(args.weights)
+    if metadata is not None:
+        trained_rgb = metadata["colour_order"] == "rgb"
+        if args.bgr2rgb and not trained_rgb:
+            print(f"warning: {args.weights} was trained on BGR images, but --bgr2rgb feeds RGB", file=sys.stderr)
+        args.bgr2rgb = args.bgr2rgb or trained_rgb
+        args.colour_recorded = metadata["colour_order"]
     return load_backbone(args.backbone, args.weights)
 
 
@@ -217,8 +275,12 @@ def check_or_record_settings(output_dir: Path, settings: dict, overwrite: bool) 
     settings_file.write_text(json.dumps(settings, indent=1))
 
 
-def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dict], args) -> dict:
-    from grafiqs.data.score_files import quality_from_magnitude, replace_prefix, write_csv, write_score_file
+def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dict], args, labels=None) -> dict:
+    """Score files, scores.csv (plus identity/role/degradation/severity with `labels`), errors.csv, embeddings.npy."""
+    import numpy as np
+
+    from grafiqs.data.score_files import atomic_write_bytes, quality_from_magnitude, replace_prefix, write_csv, write_score_file
+    from grafiqs.lit.writers import decode_embedding
     from grafiqs.quality.scorer import GROUPS
 
     scored = [p for p in paths if "scores" in records.get(p, {})]
@@ -226,27 +288,39 @@ def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dic
     shown = {p: replace_prefix(p, args.path_replace, args.path_replace_with) for p in paths}
     for group in GROUPS:
         write_score_file(output_dir / f"GraFIQs_{group}.txt", ((shown[p], records[p]["scores"][group]) for p in scored))
+    label_columns = ["identity", "role", "degradation", "severity"] if labels is not None else []
     write_csv(
         output_dir / "scores.csv",
-        ["path", *GROUPS, "bns_loss", "quality", "resized"],
+        ["path", *GROUPS, "bns_loss", "quality", "resized", "status", *label_columns],
         (
             [shown[p], *(records[p]["scores"][g] for g in GROUPS), records[p]["bns_loss"],
-             quality_from_magnitude(records[p]["scores"][args.quality_group]), int(records[p].get("resized", False))]
+             quality_from_magnitude(records[p]["scores"][args.quality_group]), int(records[p].get("resized", False)),
+             records[p].get("status", "ok"),
+             *(labels.rows[Path(p).name][c] for c in label_columns)]
             for p in scored
         ),
     )
     write_csv(output_dir / "errors.csv", ["path", "reason"], failed)
+    if args.save_embeddings and scored:
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack([decode_embedding(records[p]) for p in scored]))
+        atomic_write_bytes(output_dir / "embeddings.npy", buffer.getvalue())
     return {
         "found": len(paths),
         "scored": len(scored),
         "failed": failed,
         "resized": [p for p in scored if records[p].get("resized")],
-        "magnitudes": [records[p]["scores"][args.quality_group] for p in scored],
+        "not_finite": [(p, records[p]["status"]) for p in scored if "status" in records[p]],
+        "magnitudes": [records[p]["scores"][args.quality_group] for p in scored if "status" not in records[p]],
     }
 
 
 def print_summary(summary: dict, args, output_dir: Path) -> None:
-    colour = "RGB (--bgr2rgb)" if args.bgr2rgb else "BGR (official default; insightface-trained models expect RGB: add --bgr2rgb)"
+    recorded = getattr(args, "colour_recorded", None)
+    if recorded:
+        colour = f"{'RGB' if args.bgr2rgb else 'BGR'} (the checkpoint records {recorded.upper()} training images)"
+    else:
+        colour = "RGB (--bgr2rgb)" if args.bgr2rgb else "BGR (official default; insightface-trained models expect RGB: add --bgr2rgb)"
     print(f"scored {summary['scored']} of {summary['found']} images in {summary['seconds']:.1f} s; colour order fed to the model: {colour}")
     if summary["magnitudes"]:
         values = sorted(summary["magnitudes"])
@@ -261,6 +335,10 @@ def print_summary(summary: dict, args, output_dir: Path) -> None:
             "expects aligned 112x112 face crops, and a resized full photo scores nonsense",
             file=sys.stderr,
         )
+    if summary["not_finite"]:
+        path, status = summary["not_finite"][0]
+        print(f"warning: {len(summary['not_finite'])} images got NaN scores (status column of scores.csv), e.g. {path}: "
+              f"{status}", file=sys.stderr)
     if summary["failed"]:
         print(f"skipped {len(summary['failed'])} unreadable files (listed in {output_dir / 'errors.csv'}):", file=sys.stderr)
         for path, reason in summary["failed"][:10]:

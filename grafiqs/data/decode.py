@@ -37,7 +37,11 @@ def decode_image(data: bytes, bgr2rgb: bool = False, source: str = "image") -> n
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
         # libjpeg would fill the missing rows with gray and only warn: a score of half an image is wrong.
         raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:  # e.g. a header claiming sizes beyond OpenCV's own limits (found by fuzzing)
+        reason = str(error).strip().splitlines()[-1][:200]
+        raise ImageError(f"{source}: not a decodable image (OpenCV refused it: {reason})") from None
     if image is None:
         raise ImageError(f"{source}: not a decodable image (unknown format or corrupt data)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr2rgb else image

@@ -37,18 +37,32 @@ def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS
     if not root.is_dir():
         raise InputError(f"image path not found: {path} (give a folder of aligned face crops or one image file)")
     wanted = {e.lower() for e in extensions}
-    candidates = root.rglob("*") if recursive else root.iterdir()
     # os.path.join keeps the user's spelling ("./crops/x.jpg"), as the official glob does; pathlib would not.
     found = sorted(
-        os.path.join(path, str(p.relative_to(root)))
-        for p in candidates
-        if p.suffix.lstrip(".").lower() in wanted and not p.is_dir()
+        os.path.join(path, relative)
+        for relative in (_walk_files(root) if recursive else (p.name for p in root.iterdir() if not p.is_dir()))
+        if Path(relative).suffix.lstrip(".").lower() in wanted
     )
     if not found:
         where = "under" if recursive else "directly in"
         hint = "" if recursive else "; add --recursive to search sub-folders"
         raise InputError(f"no images with extension {', '.join(sorted(wanted))} {where} {path}{hint}")
     return found
+
+
+def _walk_files(root: Path):
+    """Relative paths of the files under `root`, following symlinked folders but entering each real folder once
+    (a symlink loop would otherwise recurse forever)."""
+    visited = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in visited:
+            subfolders[:] = []
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        subfolders.sort()
+        for name in files:
+            yield os.path.relpath(os.path.join(folder, name), root)
 
 
 class ImageFileDataset(Dataset):

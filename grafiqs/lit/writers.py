@@ -7,21 +7,27 @@ reads the logs, skips what is done, and rank 0 rebuilds the final files from the
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from grafiqs.errors import ImageError
+from grafiqs.quality.scorer import STATUS_MESSAGES, STATUS_OK
 
 LOG_FOLDER = ".grafiqs"
 
 
 class ResultLogWriter(BasePredictionWriter):
-    def __init__(self, output_dir: str | Path, paths: Sequence[str]):
+    def __init__(self, output_dir: str | Path, paths: Sequence[str], strict: bool = False):
         super().__init__(write_interval="batch")
         self.log_dir = Path(output_dir) / LOG_FOLDER
         self.paths = list(paths)
+        self.strict = strict  # stop at the first unreadable file (after logging the batch)
         self.file = None
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -39,17 +45,28 @@ class ResultLogWriter(BasePredictionWriter):
             record = {"path": self.paths[index], "scores": scores, "bns_loss": float(prediction["bns_loss"][row])}
             if prediction["resized"][row]:
                 record["resized"] = True
+            if int(prediction["status"][row]) != STATUS_OK:
+                record["status"] = STATUS_MESSAGES[int(prediction["status"][row])]
+            if "embedding" in prediction:  # float32 bytes, base64: exact and a third of the size of JSON numbers
+                record["embedding"] = base64.b64encode(prediction["embedding"][row].numpy().tobytes()).decode("ascii")
             lines.append(json.dumps(record, allow_nan=True))
         lines += [json.dumps({"path": self.paths[index], "error": reason}) for index, reason in prediction["errors"]]
         if lines:
             self.file.write("\n".join(lines) + "\n")
             self.file.flush()
             os.fsync(self.file.fileno())
+        if self.strict and prediction["errors"]:
+            raise ImageError(f"--strict: stopped at the first unusable file: {prediction['errors'][0][1]}")
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.file.close()
         self.file = None
         trainer.strategy.barrier()  # rank 0 merges the logs only after every rank has flushed its last batch
+
+
+def decode_embedding(record: dict) -> np.ndarray:
+    """The float32 embedding a record holds (written with --save-embeddings)."""
+    return np.frombuffer(base64.b64decode(record["embedding"]), dtype=np.float32)
 
 
 def read_result_logs(output_dir: str | Path) -> dict[str, dict]:

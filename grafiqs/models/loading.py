@@ -9,23 +9,21 @@ from pathlib import Path
 import torch
 
 from grafiqs.errors import WeightsError
-from grafiqs.models.iresnet import ARCHITECTURES, IResNet, build_iresnet
+from grafiqs.models.iresnet import ARCHITECTURES, DEFAULT_WIDTHS, IResNet, build_iresnet
 
 _STRIPPED_PREFIXES = ("module.", "backbone.", "model.")
+_BACKBONE_PREFIX = "backbone."
+_METADATA_KEY = "grafiqs"  # written by grafiqs.lit.fr_module.FaceRecognitionModule.on_save_checkpoint
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain state dict from a `.pth`/`.pt`/`.ckpt` file, never executing pickled code.
-
-    Accepts insightface/official GraFIQs state dicts, DDP-saved ones (`module.` prefix)
-    and checkpoints that hold them under `state_dict`.
-    """
+def _load_plain(path: str | Path):
+    """torch.load with weights_only=True, turning every failure into a WeightsError that says why."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path} (pass --weights with the path of a .pth state dict)")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         refused = re.search(r"GLOBAL (\S+)", str(error))
         if refused:
@@ -36,11 +34,61 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: not a readable PyTorch weights file (unsupported pickle content)") from None
     except Exception as error:  # truncated zip, not a torch file at all, ...
         raise WeightsError(f"{path}: not a readable PyTorch weights file ({type(error).__name__}: {error})") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a `.pth`/`.pt`/`.ckpt` file, never executing pickled code.
+
+    Accepts insightface/official GraFIQs state dicts, DDP-saved ones (`module.` prefix)
+    and checkpoints that hold them under `state_dict`. A Lightning checkpoint of the project's
+    FaceRecognitionModule holds `backbone.*` and `head.*` weights: only the backbone is kept.
+    """
+    path = Path(path)
+    loaded = _load_plain(path)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
+        if any(isinstance(k, str) and k.startswith(_BACKBONE_PREFIX) for k in loaded):
+            loaded = {k: v for k, v in loaded.items() if k.startswith(_BACKBONE_PREFIX)}
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise WeightsError(f"{path}: expected a state dict of tensors, found {type(loaded).__name__}")
     return {_strip_prefix(key): value for key, value in loaded.items()}
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict | None:
+    """The backbone metadata a project checkpoint records, or None for files without it (plain .pth).
+
+    Returns `arch`, `layers`, `widths`, `num_features`, `colour_order` ("bgr"/"rgb") and
+    `normalization` ({"mean": [...], "std": [...]}), plus `bn_recalibration` when recorded. Read
+    from the checkpoint's `grafiqs` entry (written by FaceRecognitionModule.on_save_checkpoint),
+    else derived from its `hyper_parameters`. Loaded with weights_only=True like the weights.
+    """
+    loaded = _load_plain(path)
+    if not isinstance(loaded, dict):
+        return None
+    meta = loaded.get(_METADATA_KEY)
+    hparams = loaded.get("hyper_parameters")
+    if not isinstance(meta, dict):
+        if not isinstance(hparams, dict) or "arch" not in hparams or "colour_order" not in hparams:
+            return None
+        meta = dict(hparams)
+    arch = meta.get("arch")
+    layers = meta.get("layers") or ARCHITECTURES.get(arch)
+    if layers is None:
+        raise WeightsError(f"{path}: checkpoint metadata names arch {arch!r} without layers; cannot tell the backbone's depth")
+    normalization = meta.get("normalization") or (hparams or {}).get("normalization") or {"mean": [0.5] * 3, "std": [0.5] * 3}
+    result = {
+        "arch": arch,
+        "layers": tuple(int(v) for v in layers),
+        "widths": tuple(int(v) for v in (meta.get("widths") or DEFAULT_WIDTHS)),
+        "num_features": int(meta.get("num_features") or 512),
+        "colour_order": meta.get("colour_order"),
+        "normalization": normalization,
+    }
+    if result["colour_order"] not in ("bgr", "rgb"):
+        raise WeightsError(f"{path}: checkpoint records colour_order {result['colour_order']!r}, expected 'bgr' or 'rgb'")
+    if meta.get("bn_recalibration") is not None:
+        result["bn_recalibration"] = meta["bn_recalibration"]
+    return result
 
 
 def _strip_prefix(key: str) -> str:
@@ -97,11 +145,12 @@ def load_weights(model: IResNet, state_dict: dict[str, torch.Tensor], source: st
 
 
 def load_backbone(arch: str | None, weights: str | Path, num_features: int | None = None) -> IResNet:
-    """An eval-mode iResNet with the weights of `weights`; `arch=None` takes the architecture the keys imply."""
+    """An eval-mode iResNet with the weights of `weights`; `arch=None` or `"custom"` (train_fr.py's name for
+    its own depths and widths) takes the architecture the keys imply."""
     state_dict = read_state_dict(weights)
     found = describe_architecture(state_dict)
     num_features = num_features or found["num_features"] or 512
-    if arch is None:
+    if arch in (None, "custom"):
         if found["arch"] is None and 0 in found["layers"]:
             raise WeightsError(f"{weights}: no iResNet keys (layer1.0.conv1.weight, ...) found; is this a backbone?")
         model = IResNet(found["layers"], num_features, widths=found["widths"])

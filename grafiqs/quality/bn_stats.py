@@ -1,6 +1,7 @@
 """Per-sample statistics of the inputs of every BatchNorm2d layer, recorded with forward hooks."""
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from functools import partial
 from typing import Iterator
@@ -24,6 +25,14 @@ class BNInputStatistics:
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
         if not self.layers:
             raise ValueError("the model has no BatchNorm2d layer, so GraFIQs has no statistics to compare")
+        if all(_never_recorded(m) for m in self.layers.values()):
+            warnings.warn(
+                "every BatchNorm layer holds its initial running statistics (mean 0, variance 1): the model never "
+                "recorded training statistics, so GraFIQs scores of it are meaningless. Load trained weights, or "
+                "re-estimate the statistics (train_fr.py's BNRecalibration callback).",
+                UntrainedStatisticsWarning,
+                stacklevel=3,
+            )
 
     def running(self) -> LayerStatistics:
         """The statistics recorded in training, the reference every sample is compared with."""
@@ -39,6 +48,16 @@ class BNInputStatistics:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+class UntrainedStatisticsWarning(UserWarning):
+    """The scored model's BatchNorm statistics were never recorded."""
+
+
+def _never_recorded(layer: nn.BatchNorm2d) -> bool:
+    if layer.running_mean is None or layer.running_var is None:
+        return True  # track_running_stats=False: nothing to compare with
+    return bool((layer.running_mean == 0).all() and (layer.running_var == 1).all())
 
 
 def _store(recorded: LayerStatistics, name: str, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:

@@ -19,6 +19,23 @@ from grafiqs.quality.discrepancy import bns_loss
 # What the official code differentiates: the input image and the four stage outputs.
 GROUPS = ("image",) + STAGE_NAMES
 PRECISIONS = ("32", "bf16")
+# Why a sample has no score (scores.csv `status`); checked in this order, the first that applies wins.
+STATUS_OK, STATUS_INPUT, STATUS_LOSS, STATUS_GRADIENT = 0, 1, 2, 3
+STATUS_MESSAGES = {
+    STATUS_OK: "ok",
+    STATUS_INPUT: "nan: the input image holds NaN/Inf values",
+    STATUS_LOSS: "nan: the BNS loss is not finite (NaN/Inf activations; check the weights)",
+    STATUS_GRADIENT: "nan: a gradient is not finite (overflow; try --precision 32)",
+}
+
+
+def numeric_status(images: torch.Tensor, loss: torch.Tensor, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-sample status code: why (if at all) the sample's scores cannot be trusted."""
+    status = torch.full_like(loss, STATUS_GRADIENT, dtype=torch.int64)
+    status[torch.stack([torch.isfinite(v) for v in scores.values()]).all(0)] = STATUS_OK
+    status[~torch.isfinite(loss)] = STATUS_LOSS
+    status[~torch.isfinite(images.flatten(1)).all(1)] = STATUS_INPUT
+    return status
 
 
 @dataclass
@@ -26,6 +43,8 @@ class GraFIQsResult:
     scores: dict[str, torch.Tensor]  # group -> [B] sum of absolute gradients (the official raw magnitude)
     bns_loss: torch.Tensor  # [B] the BNS loss itself
     embedding: torch.Tensor  # [B, D] the FR embedding of the same forward pass
+    status: torch.Tensor  # [B] int codes, see STATUS_MESSAGES: 0 ok, else why the scores are NaN
+    gradients: dict[str, torch.Tensor] | None = None  # group -> dL/d(group), with keep_gradients=True (maps to look at)
 
 
 class GraFIQsScorer:
@@ -57,7 +76,7 @@ class GraFIQsScorer:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def __call__(self, images: torch.Tensor) -> GraFIQsResult:
+    def __call__(self, images: torch.Tensor, keep_gradients: bool = False) -> GraFIQsResult:
         with torch.enable_grad():
             images = images.detach().contiguous(memory_format=self.memory_format).requires_grad_(True)
             with self.statistics.record() as sample_statistics, self._autocast(images.device):
@@ -66,4 +85,10 @@ class GraFIQsScorer:
             differentiated = {"image": images, **stage_outputs}
             gradients = torch.autograd.grad(loss.sum(), [differentiated[g] for g in self.groups])
         scores = {g: grad.float().abs().flatten(1).sum(1) for g, grad in zip(self.groups, gradients)}
-        return GraFIQsResult(scores=scores, bns_loss=loss.detach(), embedding=embedding.detach().float())
+        status = numeric_status(images.detach(), loss.detach(), scores)
+        invalid = status != STATUS_OK
+        if invalid.any():  # never a silent number: every group of such a sample becomes NaN
+            scores = {g: values.masked_fill(invalid, float("nan")) for g, values in scores.items()}
+        kept = dict(zip(self.groups, gradients)) if keep_gradients else None
+        return GraFIQsResult(scores=scores, bns_loss=loss.detach(), embedding=embedding.detach().float(),
+                             status=status, gradients=kept)

@@ -1,0 +1,166 @@
+"""End-of-training callbacks: exact BatchNorm re-estimation and export of the backbone.
+
+GraFIQs scores an image by how far its BatchNorm input statistics are from the running
+mean/variance stored in the network. During training those are exponential moving averages
+of *augmented* batches seen while the weights were still changing, i.e. statistics of no
+single network. `BNRecalibration` re-estimates them for the final weights, on non-augmented
+training data, as an exact cumulative average (PyTorch's `momentum=None`): every BN's
+running mean is the mean of N per-batch means and its running variance the mean of N
+per-batch *unbiased* variances (what BN itself stores in `running_var`).
+
+`ExportBackbone` then writes the recalibrated backbone as a plain insightface-layout state
+dict (`backbone.pth`, readable by `load_backbone` and by the authors' script) and a project
+checkpoint (`grafiqs.ckpt`) whose metadata records the architecture, channel order and
+normalisation. Both callbacks act in `on_train_end`, while the model is still on its device
+(Lightning's `on_fit_end` comes after the strategy teardown has moved it to the CPU), and
+`ExportBackbone` makes sure any pending recalibration runs before it writes anything.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from grafiqs.data.decode import normalize
+
+BACKBONE_FILE = "backbone.pth"
+BACKBONE_CHECKPOINT_FILE = "backbone.ckpt"
+CHECKPOINT_FILE = "grafiqs.ckpt"
+
+
+def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable, forward: Callable[[torch.Tensor], object]) -> int:
+    """Re-estimate every BN's running statistics as the exact average over `batches`; returns the count.
+
+    BN layers run in train mode (batch statistics, as during training) with `momentum=None`
+    (cumulative average) after `reset_running_stats`; every other module stays in eval mode so
+    that e.g. dropout does not change the statistics of later layers. Momenta are restored and
+    the model is left in eval mode.
+    """
+    layers = batchnorm_layers(model)
+    momenta = [bn.momentum for bn in layers]
+    model.eval()
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    count = 0
+    try:
+        for images in batches:
+            forward(images)
+            count += 1
+    finally:
+        for bn, momentum in zip(layers, momenta):
+            bn.momentum = momentum
+        model.eval()
+    if count == 0:
+        raise RuntimeError("BatchNorm recalibration got no batches")
+    return count
+
+
+class BNRecalibration(L.Callback):
+    """At the end of training, re-estimate the backbone's BN statistics over `num_batches` batches
+    of non-augmented training data (the datamodule's `calibration_dataloader`).
+
+    Under DDP each process averages its own shard, then the per-process averages are averaged
+    (equal batch counts on every rank, so this is the exact average over all batches; with
+    SyncBatchNorm the processes already agree). `fast_dev_run` uses one batch.
+    """
+
+    def __init__(self, num_batches: int = 200, batch_size: int | None = None):
+        super().__init__()
+        if num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+        self.num_batches = int(num_batches)
+        self.batch_size = batch_size
+        self.done = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.done = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.done:
+            self.recalibrate(trainer, pl_module)
+
+    def recalibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "calibration_dataloader"):
+            raise RuntimeError("BNRecalibration needs a datamodule with calibration_dataloader() (a grafiqs FaceDataModule)")
+        loader = datamodule.calibration_dataloader(rank=trainer.global_rank, world_size=trainer.world_size, batch_size=self.batch_size)
+        wanted = 1 if trainer.fast_dev_run else self.num_batches
+        count = min(wanted, len(loader))  # len(loader) is the same on every rank (DistributedSampler pads)
+        backbone = pl_module.backbone
+        device = pl_module.device
+
+        def batches():
+            for index, (images, _) in enumerate(loader):
+                if index >= count:
+                    break
+                yield images.to(device, non_blocking=True)
+
+        used = recalibrate_batchnorm(backbone, batches(), lambda images: backbone(normalize(images)))
+        if trainer.world_size > 1:
+            for bn in batchnorm_layers(backbone):
+                bn.running_mean.copy_(trainer.strategy.reduce(bn.running_mean.clone(), reduce_op="mean"))
+                bn.running_var.copy_(trainer.strategy.reduce(bn.running_var.clone(), reduce_op="mean"))
+                bn.num_batches_tracked.copy_(trainer.strategy.reduce(bn.num_batches_tracked.clone(), reduce_op="sum"))
+        total = used * trainer.world_size
+        pl_module.bn_recalibration = {"num_batches": int(total), "batch_size": int(loader.batch_size), "augmented": False}
+        self.done = True
+        rank_zero_info(f"BNRecalibration: BatchNorm statistics re-estimated over {total} batches of {loader.batch_size} non-augmented images")
+
+
+def backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copy of the backbone's state dict: insightface keys, no prefixes, tensors only."""
+    return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in backbone.state_dict().items()}
+
+
+def save_backbone_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict) -> None:
+    """The backbone's weights plus its metadata (architecture, colour order, normalisation), no
+    head or optimizer: what `score.py --weights` needs, at the size of the plain .pth."""
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in state_dict.items()}, "grafiqs": metadata}, path)
+
+
+class ExportBackbone(L.Callback):
+    """At the end of training write `backbone.pth`, `backbone.ckpt` and `grafiqs.ckpt` into `dirpath`.
+
+    `backbone.pth`: plain state dict of the backbone (insightface layout) for `load_backbone`
+    / `score.py --weights` / the authors' script. `backbone.ckpt`: the same weights with the
+    metadata, so score.py picks the colour order itself. `grafiqs.ckpt`: the full Lightning checkpoint
+    (module hparams plus `checkpoint["grafiqs"]`: arch, layers, widths, num_features,
+    colour_order, normalisation, BN recalibration), read by `read_checkpoint_metadata`.
+    `dirpath` defaults to the Trainer's `default_root_dir`. Skipped under `fast_dev_run`,
+    as Lightning's own checkpointing is.
+    """
+
+    def __init__(self, dirpath: str | None = None):
+        super().__init__()
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Any BNRecalibration that Lightning would call after us runs now: the export must see its statistics.
+        for callback in trainer.callbacks:
+            if isinstance(callback, BNRecalibration) and not callback.done:
+                callback.recalibrate(trainer, pl_module)
+        if trainer.fast_dev_run:
+            rank_zero_info("ExportBackbone: fast_dev_run, nothing exported")
+            return
+        folder = Path(self.dirpath or trainer.default_root_dir)
+        checkpoint_path = folder / CHECKPOINT_FILE
+        trainer.save_checkpoint(checkpoint_path)  # collective under DDP; rank 0 writes
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            state_dict = backbone_state_dict(pl_module.backbone)
+            torch.save(state_dict, folder / BACKBONE_FILE)
+            save_backbone_checkpoint(folder / BACKBONE_CHECKPOINT_FILE, state_dict, pl_module.backbone_metadata())
+            rank_zero_info(f"ExportBackbone: wrote {BACKBONE_FILE}, {BACKBONE_CHECKPOINT_FILE} and {CHECKPOINT_FILE} to {folder}")
+        trainer.strategy.barrier("export_backbone")
