@@ -160,7 +160,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     names = [header[i].replace("pauc_norm@", "pAUC/(FNMR0·L) ").replace("spearman_severity", "Spearman vs severity") for i in keep]
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(keep)]
     for row in rows:
-        cells = [str(row[0])] + ["" if math.isnan(row[i]) else f"{row[i]:.3f}" for i in keep[1:]]
+        cells = [str(row[0]).replace("|", "\\|")] + ["" if math.isnan(row[i]) else f"{row[i]:.3f}" for i in keep[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

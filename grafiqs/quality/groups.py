@@ -175,8 +175,11 @@ class VariantScorer:
         groups: Iterable[str] = ACTIVATION_GROUPS,
         aggregations: Iterable[str] = ("l1",),
         param_chunk_size: int | None = 4,
+        parameter_losses: Iterable[LossVariant] | None = None,
     ):
         self.loss_variants = tuple(dict.fromkeys(loss_variants))
+        # The per-sample weight pass costs about a per-image loop per loss: a grid may restrict it.
+        self.parameter_losses = self.loss_variants if parameter_losses is None else tuple(dict.fromkeys(parameter_losses))
         self.groups = tuple(dict.fromkeys(groups))
         self.aggregations = tuple(dict.fromkeys(aggregations))
         if not self.loss_variants:
@@ -185,7 +188,7 @@ class VariantScorer:
             Variant(OFFICIAL_LOSS, group, aggregation)  # validates both names
         self.model = model.eval().requires_grad_(False)  # no weight-gradient work in the activation pass
         self.statistics = BNInputStatistics(model)
-        for loss in self.loss_variants:
+        for loss in self.loss_variants + self.parameter_losses:
             loss.select(self.statistics.layers)  # fail now, not mid-batch, on a layer set the model lacks
         self.activation_groups = [g for g in self.groups if g in ACTIVATION_GROUPS]
         self.parameter_groups = [g for g in self.groups if g in PARAMETER_GROUPS]
@@ -201,9 +204,10 @@ class VariantScorer:
     @property
     def columns(self) -> list[str]:
         names = []
-        for loss in self.loss_variants:
+        for loss in dict.fromkeys(self.loss_variants + self.parameter_losses):
             names.append(f"{loss.name}|bns_loss")
-            names += [v.name for v in variant_grid([loss], self.groups, self.aggregations)]
+            names += [v.name for v in variant_grid([loss], self.activation_groups if loss in self.loss_variants else (), self.aggregations)]
+            names += [v.name for v in variant_grid([loss], self.parameter_groups if loss in self.parameter_losses else (), self.aggregations)]
         return names
 
     def __call__(self, images: torch.Tensor) -> VariantScores:
@@ -225,10 +229,10 @@ class VariantScorer:
             running = self.statistics.running()
             differentiated = {"image": images, **stage_outputs}
             inputs = [differentiated[g] for g in self.activation_groups]
-            for index, loss_variant in enumerate(self.loss_variants):
+            for index, loss_variant in enumerate(dict.fromkeys(self.loss_variants + self.parameter_losses)):
                 loss = loss_variant(sample_statistics, running)
                 columns[f"{loss_variant.name}|bns_loss"] = loss.detach()
-                if not inputs:
+                if not inputs or loss_variant not in self.loss_variants:
                     continue
                 last = index == len(self.loss_variants) - 1
                 gradients = torch.autograd.grad(loss.sum(), inputs, retain_graph=not last, materialize_grads=True)
@@ -241,7 +245,7 @@ class VariantScorer:
         """Per-sample weight gradients: vmap over samples of one functional forward + a vjp per loss."""
         parameters = dict(self.model.named_parameters())
         differentiated = {n: parameters[n].detach() for g in self.parameter_groups for n in self.group_parameters[g]}
-        losses, groups, aggregations = self.loss_variants, self.parameter_groups, self.aggregations
+        losses, groups, aggregations = self.parameter_losses, self.parameter_groups, self.aggregations
 
         def sample_losses(weights: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
             # eval-mode BN inside vmap reads the module's own running buffers (not passed, not batched)
