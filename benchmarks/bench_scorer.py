@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import add_row
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
 GROUPS = ("image", "block1", "block2", "block3", "block4")
@@ -52,13 +54,6 @@ def load_images(count: int):
     return normalize(torch.stack([tensors[i % len(tensors)] for i in range(count)]))
 
 
-def spearman(a, b) -> float:
-    import numpy as np
-
-    ranks = [np.argsort(np.argsort(x)).astype(float) for x in (a, b)]
-    return float(np.corrcoef(*ranks)[0, 1])
-
-
 def machine() -> str:
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     import os
@@ -79,6 +74,7 @@ def marginal_seconds_per_image(arch_weights: Path, arch: str, args) -> float:
                        str(args.batch_size), "--num-workers", str(args.num_workers)]
             if args.precision == "bf16":
                 command += ["--precision", "bf16"]
+            command += ["--compile", "on" if args.compile else "off"]
             started = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True)
             times.append(time.perf_counter() - started)
@@ -92,6 +88,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", default="32", choices=["32", "bf16"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the stages (score.py --compile on)")
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--e2e", action="store_true", help="also time whole score.py processes")
     parser.add_argument("--record", action="store_true", help="append the result to benchmarks/RESULTS.md")
@@ -101,6 +98,7 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from grafiqs.evaluation.report import spearman
     from grafiqs.quality.reference import reference_scores
     from grafiqs.quality.scorer import GraFIQsScorer
 
@@ -108,9 +106,11 @@ def main() -> None:
     model = build_model(args.arch)
     built = time.perf_counter() - started - imported
     images = load_images(args.images)
-    scorer = GraFIQsScorer(model, precision=args.precision, channels_last=args.channels_last)
+    scorer = GraFIQsScorer(model, precision=args.precision, channels_last=args.channels_last, compile=args.compile)
 
-    scorer(images[: args.batch_size])  # warm-up
+    warm_up = time.perf_counter()
+    scorer(images[: args.batch_size])  # warm-up (and compilation, which also fills inductor's cache for --e2e)
+    warm_up = time.perf_counter() - warm_up
     t0 = time.perf_counter()
     batched = {g: [] for g in GROUPS}
     for start in range(0, args.images, args.batch_size):
@@ -143,7 +143,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "arch": args.arch,
         "mode": f"{'bf16' if args.precision == 'bf16' else 'fp32'}, bs {args.batch_size}"
-        + (", channels_last" if args.channels_last else ""),
+        + (", channels_last" if args.channels_last else "") + (", compiled" if args.compile else ""),
         "reference img/s": f"{1 / reference_seconds:.2f}",
         "scorer img/s": f"{1 / scorer_seconds:.2f}",
         "ratio": f"{reference_seconds / scorer_seconds:.2f}x",
@@ -151,15 +151,14 @@ def main() -> None:
         "worst rel. diff": f"{relative:.1e}",
         "min Spearman": f"{rho:.4f}",
         "peak RSS": f"{peak_rss_mb:.0f} MB",
-        "start-up": f"import {imported:.1f} s, build {built:.1f} s",
+        "start-up": f"import {imported:.1f} s, build {built:.1f} s" + (f", compile {warm_up:.0f} s" if args.compile else ""),
     }
     for key, value in row.items():
         print(f"{key:>18}: {value}")
     if args.record:
         command = "python benchmarks/bench_scorer.py " + " ".join(sys.argv[1:])
-        line = "| " + " | ".join(row.values()) + f" | `{command}` | {machine()}, torch {torch.__version__} |\n"
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as file:
-            file.write(line)
+        add_row("Scorer throughput (`benchmarks/bench_scorer.py`)", [*row, "command", "machine"],
+                [*row.values(), f"`{command}`", f"{machine()}, torch {torch.__version__}"])
 
 
 if __name__ == "__main__":

@@ -205,3 +205,27 @@ def test_header_claiming_sizes_beyond_opencv_limits_is_an_image_error():
     bmp[22:26] = (2**31 - 1).to_bytes(4, "little")  # biHeight
     with pytest.raises(ImageError, match="not a decodable image"):
         decode_image(bytes(bmp), source="huge.bmp")
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "TGA", "PDF"])
+def test_unsupported_formats_are_refused_with_a_reason(fmt):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(buffer, fmt)
+    with pytest.raises(ImageError, match="not a decodable image"):
+        decode_image(buffer.getvalue(), source=f"face.{fmt.lower()}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without read permission")
+def test_unreadable_file_is_skipped_and_named(tmp_path, tiny_weights, faces):
+    (faces / "locked.png").write_bytes((faces / "clean.png").read_bytes())
+    (faces / "locked.png").chmod(0o000)
+    try:
+        assert score(faces, tmp_path / "out", tiny_weights) == 0
+        errors = {Path(r["path"]).name: r["reason"] for r in read_csv(tmp_path / "out" / "errors.csv")}
+        assert list(errors) == ["locked.png"] and "cannot be read" in errors["locked.png"]
+    finally:
+        (faces / "locked.png").chmod(0o600)

@@ -151,3 +151,15 @@ def test_help_explains_direction_and_outputs(capsys):
     text = capsys.readouterr().out
     for phrase in ("--image-path", "--bgr2rgb", "LARGER means", "higher is better", "scores.csv", "resumes"):
         assert phrase in text
+
+
+def test_compiled_stages_score_like_eager_including_a_padded_last_batch(tmp_path, tiny_weights, faces):
+    """--compile on: torch.compile'd stages, the last batch (2 of 4) zero-padded; same numbers within 1e-4."""
+    assert score(faces, tmp_path / "eager", tiny_weights, "--batch-size", 4, "--compile", "off") == 0
+    assert score(faces, tmp_path / "compiled", tiny_weights, "--batch-size", 4, "--compile", "on") == 0
+    eager = read_csv(tmp_path / "eager" / "scores.csv")
+    compiled = read_csv(tmp_path / "compiled" / "scores.csv")
+    assert [r["path"] for r in eager] == [r["path"] for r in compiled] and len(eager) == len(FACES)
+    for a, b in zip(eager, compiled):
+        for group in ("image", "block1", "block2", "block3", "block4", "bns_loss"):
+            assert float(b[group]) == pytest.approx(float(a[group]), rel=1e-4)

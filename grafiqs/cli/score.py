@@ -11,6 +11,8 @@ from pathlib import Path
 
 from grafiqs.errors import GrafiqsError, ImageError, InputError
 
+COMPILE_AUTO_IMAGES = 500  # ~0.08 s saved per iresnet50 image repays a cached (10-20 s) compilation at once, a cold one (~100 s) after ~1300 images
+
 DESCRIPTION = """\
 GraFIQs face image quality: push each aligned 112x112 face crop through a frozen
 BatchNorm iResNet, measure how far the per-image BatchNorm input statistics are from
@@ -84,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["32", "bf16"],
         help="32: exact (default). bf16: opt-in bfloat16 autocast of the convolutions, faster on CPUs with "
         "AVX-512-BF16/AMX and on GPUs; scores are approximate (rank fidelity in benchmarks/RESULTS.md)",
+    )
+    extra.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help=f"torch.compile the network's stages: ~1.5x faster per image (same float32 math within 1e-4 relative) "
+        f"after a one-time compilation of ~100 s for iresnet50 on 2 CPU cores (cached for later runs). "
+        f"auto: on from {COMPILE_AUTO_IMAGES} images to score (default: auto)",
     )
     extra.add_argument(
         "--save-embeddings", action="store_true", help="also write the FR embeddings of the same forward pass (embeddings.npy)"
@@ -179,7 +189,11 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning's own deprecation noise
-            module = GraFIQsModule(backbone, precision=args.precision, return_embeddings=args.save_embeddings)
+            compile_stages = args.compile == "on" or (args.compile == "auto" and len(todo) >= COMPILE_AUTO_IMAGES)
+            if compile_stages:
+                print(f"compiling the network's stages for {len(todo)} images (--compile off skips it) ...", flush=True)
+            module = GraFIQsModule(backbone, precision=args.precision, return_embeddings=args.save_embeddings,
+                                   compile=compile_stages)
             trainer.predict(module, loader, return_predictions=False)
         if not trainer.is_global_zero:
             return 0
@@ -201,6 +215,8 @@ def prepare_demo(args) -> None:
     args.output_dir = args.output_dir or "outputs/demo"
     folder = prepare_synthetic_set(Path(args.output_dir) / "images", DEMO_SET)
     args.image_path, args.weights, args.save_embeddings = str(folder), str(DEMO_WEIGHTS), True
+    if args.compile == "auto":
+        args.compile = "off"  # the demo model is so small that compiling it costs more than it saves
     print(f"demo: scoring {DEMO_SET.size} synthetic faces in {folder} with the bundled model {DEMO_WEIGHTS.name} "
           "(score your own crops with --image-path and --weights)")
 

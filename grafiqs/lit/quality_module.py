@@ -17,10 +17,10 @@ class GraFIQsModule(L.LightningModule):
     """
 
     def __init__(self, backbone: nn.Module, groups: tuple[str, ...] = GROUPS, precision: str = "32",
-                 return_embeddings: bool = False):
+                 return_embeddings: bool = False, compile: bool = False):
         super().__init__()
         self.backbone = backbone
-        self.scorer = GraFIQsScorer(backbone, groups, precision=precision)
+        self.scorer = GraFIQsScorer(backbone, groups, precision=precision, compile=compile)
         self.return_embeddings = return_embeddings
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

@@ -91,11 +91,14 @@ class IResNet(nn.Module):
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The embedding and the outputs of the four stages (`block1` .. `block4`)."""
+    def forward_stages(self, x: torch.Tensor, stages=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The embedding and the outputs of the four stages (`block1` .. `block4`).
+
+        `stages` may replace the four stage modules by callables computing the same thing
+        (e.g. `torch.compile`d ones), so the model itself stays untouched."""
         x = self.prelu(self.bn1(self.conv1(x)))
         outputs = {}
-        for name, stage in zip(STAGE_NAMES, self.stages()):
+        for name, stage in zip(STAGE_NAMES, stages or self.stages()):
             x = stage(x)
             outputs[name] = x
         x = torch.flatten(self.bn2(x), 1)

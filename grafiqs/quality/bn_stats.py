@@ -21,7 +21,7 @@ class BNInputStatistics:
     Only `nn.BatchNorm2d` layers take part: the embedding's BatchNorm1d does not.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, persistent: bool = False):
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
         if not self.layers:
             raise ValueError("the model has no BatchNorm2d layer, so GraFIQs has no statistics to compare")
@@ -33,6 +33,17 @@ class BNInputStatistics:
                 UntrainedStatisticsWarning,
                 stacklevel=3,
             )
+        # Persistent hooks stay registered and record only inside `record()`: torch.compile traces
+        # them once, where hooks added and removed on every call would force recompilation.
+        self._recorded: LayerStatistics = {}
+        self._active = False
+        self._handles = [
+            m.register_forward_pre_hook(partial(self._store_if_active, name)) for name, m in self.layers.items()
+        ] if persistent else None
+
+    def _store_if_active(self, name: str, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if self._active:
+            _store(self._recorded, name, module, inputs)
 
     def running(self) -> LayerStatistics:
         """The statistics recorded in training, the reference every sample is compared with."""
@@ -41,6 +52,14 @@ class BNInputStatistics:
     @contextmanager
     def record(self) -> Iterator[LayerStatistics]:
         """Within the block, every forward fills the yielded dict, in forward order."""
+        if self._handles is not None:
+            self._recorded.clear()
+            self._active = True
+            try:
+                yield self._recorded  # valid until the next record()
+            finally:
+                self._active = False
+            return
         recorded: LayerStatistics = {}
         handles = [m.register_forward_pre_hook(partial(_store, recorded, name)) for name, m in self.layers.items()]
         try:

@@ -1,0 +1,21 @@
+"""Append a row to one table of benchmarks/RESULTS.md, creating its section the first time."""
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def add_row(section: str, header: list[str], cells: list[str]) -> None:
+    """Insert `cells` after the last table row of `## {section}` (or start that section at the end)."""
+    row = "| " + " | ".join(cells) + " |"
+    lines = RESULTS.read_text(encoding="utf-8").splitlines() if RESULTS.exists() else ["# Benchmarks"]
+    title = f"## {section}"
+    if title not in lines:
+        lines += ["", title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), row]
+    else:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        table_rows = [i for i in range(start, end) if lines[i].startswith("|")]
+        lines.insert((table_rows[-1] + 1) if table_rows else end, row)
+    RESULTS.write_text("\n".join(lines) + "\n", encoding="utf-8")
