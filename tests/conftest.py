@@ -12,6 +12,17 @@ from grafiqs.models.iresnet import IResNet  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 GOLDEN_GROUPS = ("image", "block1", "block2", "block3", "block4")
+FACES = ["clean.png", "blur_3.png", "dark.png", "noise_40.png", "occluded_eyes.png", "flip.png"]
+
+
+@pytest.fixture
+def faces(tmp_path) -> Path:
+    """A folder with six golden crops, as a user's folder of aligned faces."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for name in FACES:
+        (folder / name).write_bytes((GOLDEN / "images" / name).read_bytes())
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import GOLDEN, tiny_iresnet
+from conftest import FACES, tiny_iresnet
 from grafiqs.data.decode import decode_image
 from grafiqs.data.folders import list_images
 from grafiqs.data.score_files import read_score_file
@@ -22,7 +22,7 @@ from grafiqs.lit import writers
 from grafiqs.models.iresnet import IResNet
 from grafiqs.quality.bn_stats import UntrainedStatisticsWarning
 from grafiqs.quality.scorer import STATUS_INPUT, STATUS_LOSS, STATUS_MESSAGES, STATUS_OK, GraFIQsScorer
-from test_score_cli import FACES, read_csv, score
+from test_score_cli import read_csv, score
 
 fuzz = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -65,15 +65,6 @@ def test_fresh_batchnorm_statistics_warn_that_grafiqs_is_meaningless(tmp_path, f
 
 
 # ------------------------------------------------------------------------------------- files
-
-
-@pytest.fixture
-def faces(tmp_path) -> Path:
-    folder = tmp_path / "faces"
-    folder.mkdir()
-    for name in FACES:
-        (folder / name).write_bytes((GOLDEN / "images" / name).read_bytes())
-    return folder
 
 
 def test_strict_stops_at_the_first_bad_file_and_a_normal_rerun_resumes(tmp_path, tiny_weights, faces, capsys):

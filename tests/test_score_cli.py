@@ -7,22 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GOLDEN
+from conftest import FACES, GOLDEN
 from grafiqs.cli.score import main
 from grafiqs.data.score_files import read_score_file
 from grafiqs.lit.writers import LOG_FOLDER
-
-FACES = ["clean.png", "blur_3.png", "dark.png", "noise_40.png", "occluded_eyes.png", "flip.png"]
-
-
-@pytest.fixture
-def faces(tmp_path) -> Path:
-    folder = tmp_path / "faces"
-    folder.mkdir()
-    for name in FACES:
-        (folder / name).write_bytes((GOLDEN / "images" / name).read_bytes())
-    return folder
-
 
 def score(folder, out, weights, *extra) -> int:
     return main(["--image-path", str(folder), "--output-dir", str(out), "--weights", str(weights),
