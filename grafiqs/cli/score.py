@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning's own deprecation noise
             compile_stages = args.compile == "on" or (args.compile == "auto" and len(todo) >= COMPILE_AUTO_IMAGES)
-            if compile_stages:
+            if compile_stages and trainer.is_global_zero:
                 print(f"compiling the network's stages for {len(todo)} images (--compile off skips it) ...", flush=True)
             module = GraFIQsModule(backbone, precision=args.precision, return_embeddings=args.save_embeddings,
                                    compile=compile_stages)
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     summary["seconds"] = time.perf_counter() - started
     print_summary(summary, args, output_dir)
     if demo:
-        print_demo_report(output_dir, paths, records, labels)
+        print_demo_report(output_dir, paths, records, labels, summary["embeddings"])
     return 0
 
 
@@ -229,16 +229,14 @@ def demo_labels(paths: list[str], records: dict):
     return read_labels(Path(paths[0]).parent, [Path(p).name for p in scored])
 
 
-def print_demo_report(output_dir: Path, paths: list[str], records: dict, labels) -> None:
+def print_demo_report(output_dir: Path, paths: list[str], records: dict, labels, embeddings) -> None:
     import numpy as np
 
     from grafiqs.experiments.demo import report_demo
-    from grafiqs.lit.writers import decode_embedding
     from grafiqs.quality.scorer import GROUPS
 
     scored = [p for p in paths if "scores" in records.get(p, {})]
     magnitudes = {g: np.array([records[p]["scores"][g] for p in scored]) for g in GROUPS}
-    embeddings = np.stack([decode_embedding(records[p]) for p in scored])
     print()
     print(report_demo(output_dir, magnitudes, embeddings, labels))
     print(f"EDC plot: {output_dir / 'edc.png'}; table: {output_dir / 'demo_table.md'}")
@@ -317,9 +315,10 @@ def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dic
         ),
     )
     write_csv(output_dir / "errors.csv", ["path", "reason"], failed)
-    if args.save_embeddings and scored:
+    embeddings = np.stack([decode_embedding(records[p]) for p in scored]) if args.save_embeddings and scored else None
+    if embeddings is not None:
         buffer = io.BytesIO()
-        np.save(buffer, np.stack([decode_embedding(records[p]) for p in scored]))
+        np.save(buffer, embeddings)
         atomic_write_bytes(output_dir / "embeddings.npy", buffer.getvalue())
     return {
         "found": len(paths),
@@ -328,6 +327,7 @@ def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dic
         "resized": [p for p in scored if records[p].get("resized")],
         "not_finite": [(p, records[p]["status"]) for p in scored if "status" in records[p]],
         "magnitudes": [records[p]["scores"][args.quality_group] for p in scored if "status" not in records[p]],
+        "embeddings": embeddings,  # rows of the scored paths, with --save-embeddings
     }
 
 
