@@ -81,7 +81,7 @@ def test_table_is_ranked_and_written(tmp_path):
     ranked = [r[0] for r in rows]
     assert ranked[0] in ("oracle", SEVERITY) and ranked.index("oracle") < ranked.index(RANDOM)
     assert rows[ranked.index("reversed")][header.index("spearman_severity")] == pytest.approx(-1.0)
-    csv_path, md_path = write_table(results, (1e-2, 1e-3), (0.2, 0.3), tmp_path)
+    csv_path, md_path = write_table(header, rows, tmp_path)
     assert len(csv_path.read_text().splitlines()) == 1 + 4
     assert md_path.read_text().count("\n") == 2 + 4 and "reference: random" in md_path.read_text()
     png = plot_edcs(results, 1e-2, tmp_path / "edc.png")

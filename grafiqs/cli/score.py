@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     summary["seconds"] = time.perf_counter() - started
     print_summary(summary, args, output_dir)
     if demo:
-        print_demo_report(output_dir, paths, records, labels, summary["embeddings"])
+        print_demo_report(output_dir, summary["scored"], records, labels, summary["embeddings"])
     return 0
 
 
@@ -225,17 +225,19 @@ def demo_labels(paths: list[str], records: dict):
     """Manifest labels of the scored demo images, in scored order."""
     from grafiqs.experiments.synthetic_set import read_labels
 
-    scored = [p for p in paths if "scores" in records.get(p, {})]
-    return read_labels(Path(paths[0]).parent, [Path(p).name for p in scored])
+    return read_labels(Path(paths[0]).parent, [Path(p).name for p in scored_paths(paths, records)])
 
 
-def print_demo_report(output_dir: Path, paths: list[str], records: dict, labels, embeddings) -> None:
+def scored_paths(paths: list[str], records: dict) -> list[str]:
+    return [p for p in paths if "scores" in records.get(p, {})]
+
+
+def print_demo_report(output_dir: Path, scored: list[str], records: dict, labels, embeddings) -> None:
     import numpy as np
 
     from grafiqs.experiments.demo import report_demo
     from grafiqs.quality.scorer import GROUPS
 
-    scored = [p for p in paths if "scores" in records.get(p, {})]
     magnitudes = {g: np.array([records[p]["scores"][g] for p in scored]) for g in GROUPS}
     print()
     print(report_demo(output_dir, magnitudes, embeddings, labels))
@@ -244,16 +246,16 @@ def print_demo_report(output_dir: Path, paths: list[str], records: dict, labels,
 
 def load_backbone_for(args):
     """The backbone of --weights; a project checkpoint's recorded colour order decides --bgr2rgb."""
-    from grafiqs.models.loading import load_backbone, read_checkpoint_metadata
+    from grafiqs.models.loading import load_backbone_and_metadata
 
-    metadata = read_checkpoint_metadata(args.weights)
+    backbone, metadata = load_backbone_and_metadata(args.backbone, args.weights)
     if metadata is not None:
         trained_rgb = metadata["colour_order"] == "rgb"
         if args.bgr2rgb and not trained_rgb:
             print(f"warning: {args.weights} was trained on BGR images, but --bgr2rgb feeds RGB", file=sys.stderr)
         args.bgr2rgb = args.bgr2rgb or trained_rgb
         args.colour_recorded = metadata["colour_order"]
-    return load_backbone(args.backbone, args.weights)
+    return backbone
 
 
 def choose_devices(args, torch) -> tuple[str, int | list[int]]:
@@ -297,7 +299,7 @@ def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dic
     from grafiqs.lit.writers import decode_embedding
     from grafiqs.quality.scorer import GROUPS
 
-    scored = [p for p in paths if "scores" in records.get(p, {})]
+    scored = scored_paths(paths, records)
     failed = [(p, records[p]["error"]) for p in paths if p in records and "error" in records[p]]
     shown = {p: replace_prefix(p, args.path_replace, args.path_replace_with) for p in paths}
     for group in GROUPS:
@@ -322,7 +324,7 @@ def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dic
         atomic_write_bytes(output_dir / "embeddings.npy", buffer.getvalue())
     return {
         "found": len(paths),
-        "scored": len(scored),
+        "scored": scored,
         "failed": failed,
         "resized": [p for p in scored if records[p].get("resized")],
         "not_finite": [(p, records[p]["status"]) for p in scored if "status" in records[p]],
@@ -337,7 +339,7 @@ def print_summary(summary: dict, args, output_dir: Path) -> None:
         colour = f"{'RGB' if args.bgr2rgb else 'BGR'} (the checkpoint records {recorded.upper()} training images)"
     else:
         colour = "RGB (--bgr2rgb)" if args.bgr2rgb else "BGR (official default; insightface-trained models expect RGB: add --bgr2rgb)"
-    print(f"scored {summary['scored']} of {summary['found']} images in {summary['seconds']:.1f} s; colour order fed to the model: {colour}")
+    print(f"scored {len(summary['scored'])} of {summary['found']} images in {summary['seconds']:.1f} s; colour order fed to the model: {colour}")
     if summary["magnitudes"]:
         values = sorted(summary["magnitudes"])
         print(

@@ -450,19 +450,10 @@ class ImageFolderDataModule(_RealDataModule):
         val_sets: list[str] | None = None,
         colour_order: str = "bgr",
         extensions: list[str] | None = None,
-        batch_size: int = 128,
-        num_workers: int = 4,
-        augmentations: list[dict] | None = None,
-        augmentation_seed: int = 0,
-        val_batch_size: int | None = None,
-        calibration_batch_size: int | None = None,
-        pin_memory: bool | None = None,
+        **loader_args: Any,
     ):
-        super().__init__(
-            colour_order, val_sets, batch_size=batch_size, num_workers=num_workers, augmentations=augmentations,
-            augmentation_seed=augmentation_seed, val_batch_size=val_batch_size,
-            calibration_batch_size=calibration_batch_size, pin_memory=pin_memory,
-        )
+        """`loader_args`: those of FaceDataModule (batch_size, num_workers, augmentations, ...)."""
+        super().__init__(colour_order, val_sets, **loader_args)
         self.root = str(root)
         self.extensions = extensions
 
@@ -483,19 +474,10 @@ class RecordIODataModule(_RealDataModule):
         root: str,
         val_sets: list[str] | None = None,
         colour_order: str = "rgb",
-        batch_size: int = 128,
-        num_workers: int = 4,
-        augmentations: list[dict] | None = None,
-        augmentation_seed: int = 0,
-        val_batch_size: int | None = None,
-        calibration_batch_size: int | None = None,
-        pin_memory: bool | None = None,
+        **loader_args: Any,
     ):
-        super().__init__(
-            colour_order, val_sets, batch_size=batch_size, num_workers=num_workers, augmentations=augmentations,
-            augmentation_seed=augmentation_seed, val_batch_size=val_batch_size,
-            calibration_batch_size=calibration_batch_size, pin_memory=pin_memory,
-        )
+        """`loader_args`: those of FaceDataModule (batch_size, num_workers, augmentations, ...)."""
+        super().__init__(colour_order, val_sets, **loader_args)
         self.root = str(root)
 
     def _raw_train_dataset(self) -> Dataset:

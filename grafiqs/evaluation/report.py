@@ -94,19 +94,20 @@ def evaluate_orders(
     reference would show no gain at all.
     """
     thresholds = {fmr: threshold_at_fmr(similarity, pairs.mated, fmr) for fmr in fmrs}
+
+    def curves(per_image, orientation: Orientation) -> dict[float, EDCResult]:
+        quality = pairs.quality(per_image, orientation)
+        return {fmr: edc_for_order(similarity, pairs.mated, quality, t) for fmr, t in thresholds.items()}
+
     results = []
     for name, (values, orientation) in orders.items():
-        quality = pairs.quality(values, orientation)
-        curves = {fmr: edc_for_order(similarity, pairs.mated, quality, t) for fmr, t in thresholds.items()}
         worse = -np.asarray(values, dtype=np.float64) if orientation == "higher_is_better" else np.asarray(values, np.float64)
         rho = spearman(worse, severity) if severity is not None else math.nan
-        results.append(OrderResult(name, curves, rho))
+        results.append(OrderResult(name, curves(values, orientation), rho))
     results.append(OrderResult(RANDOM, {fmr: random_order_edc(similarity, pairs.mated, t, seed=seed) for fmr, t in thresholds.items()}))
     if severity is not None:
         jitter = np.random.default_rng(seed + 1).random(len(severity)) * 0.5  # < 1: only breaks ties within a level
-        quality = pairs.quality(np.asarray(severity, dtype=np.float64) + jitter, "lower_is_better")
-        curves = {fmr: edc_for_order(similarity, pairs.mated, quality, t) for fmr, t in thresholds.items()}
-        results.append(OrderResult(SEVERITY, curves, 1.0))
+        results.append(OrderResult(SEVERITY, curves(np.asarray(severity, dtype=np.float64) + jitter, "lower_is_better"), 1.0))
     return results
 
 
@@ -139,10 +140,8 @@ def table_rows(results: Sequence[OrderResult], fmrs: Sequence[float], limits: Se
     return header, rows
 
 
-def write_table(results: Sequence[OrderResult], fmrs: Sequence[float], limits: Sequence[float], out_dir: Path,
-                stem: str = "results") -> tuple[Path, Path]:
-    """`<stem>.csv` (every number) and `<stem>.md` (normalised pAUC, start FNMR, Spearman)."""
-    header, rows = table_rows(results, fmrs, limits)
+def write_table(header: Sequence[str], rows: Sequence[Sequence], out_dir: Path, stem: str = "results") -> tuple[Path, Path]:
+    """`<stem>.csv` (every number) and `<stem>.md` (normalised pAUC, start FNMR, Spearman) of `table_rows`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"

@@ -12,7 +12,6 @@ go to the output folder.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -70,9 +69,8 @@ def load_data(config: dict) -> AblationData:
     if kind == "synthetic":
         folder = Path(data.pop("folder", Path(config["output_dir"]) / "images"))
         prepare_synthetic_set(folder, SyntheticSetSpec.from_dict(data))
-        with (folder / "manifest.csv").open(newline="", encoding="utf-8") as handle:
-            names = [row["file"] for row in csv.DictReader(handle)]
-        labels = read_labels(folder, names)
+        labels = read_labels(folder)
+        names = list(labels.rows)
         pairs = labels.pairs()
         vset = VerificationSet(str(folder), [str(folder / n) for n in names], np.stack([pairs.first, pairs.second], 1),
                                pairs.mated, names)
@@ -142,20 +140,21 @@ def score_variants(config: dict, data: AblationData, model, bgr2rgb: bool):
 
 def load_model(section: dict | str):
     """(eval backbone, feeds RGB?) from `{weights, backbone, bgr2rgb}`; a checkpoint's colour order is the default."""
-    from grafiqs.models.loading import load_backbone, read_checkpoint_metadata
+    from grafiqs.models.loading import load_backbone_and_metadata
 
     section = {"weights": section} if isinstance(section, str) else dict(section)
-    metadata = read_checkpoint_metadata(section["weights"])
+    model, metadata = load_backbone_and_metadata(section.get("backbone"), section["weights"])
     rgb = section.get("bgr2rgb")
     if rgb is None:
         rgb = metadata is not None and metadata["colour_order"] == "rgb"
-    return load_backbone(section.get("backbone"), section["weights"]), bool(rgb)
+    return model, bool(rgb)
 
 
 def run_ablation(config: dict) -> dict:
     """Run the experiment; returns paths of what it wrote and the ranked rows."""
     from grafiqs.evaluation.edc import crfiqa_erc
     from grafiqs.evaluation.report import PairSet, evaluate_orders, plot_edcs, table_rows, write_table
+    from grafiqs.quality.groups import Variant
 
     started = time.perf_counter()
     out = Path(config["output_dir"])
@@ -179,10 +178,10 @@ def run_ablation(config: dict) -> dict:
             if values is not None:
                 erc = crfiqa_erc(similarity, pairs.mated, pairs.quality(values, "lower_is_better"), fmr=fmrs[0])
                 result.extra[f"erc_auc_crfiqa@fmr{fmrs[0]:g}"] = erc.auc
-    csv_path, md_path = write_table(results, fmrs, limits, out, stem="results")
     header, rows = table_rows(results, fmrs, limits)
+    csv_path, md_path = write_table(header, rows, out, stem="results")
     plots = []
-    official = "loss=mean+var,dist=mse,layers=all|group=image|agg=l1"
+    official = Variant().name  # the official GraFIQs score: MSE of mean and variance, all layers, image, L1
     top = [r for r in rows if not r[0].startswith("reference")][: int(evaluation.get("plot_top", 6))]
     shown = {r[0] for r in top} | {official} | {r.name for r in results if r.name.startswith("reference")}
     for fmr in fmrs:

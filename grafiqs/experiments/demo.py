@@ -29,10 +29,10 @@ def report_demo(output_dir: Path, magnitudes: dict[str, np.ndarray], embeddings:
     similarity = pairs.similarity(embeddings)
     orders = {f"GraFIQs {group}": (values, "lower_is_better") for group, values in magnitudes.items()}
     results = evaluate_orders(similarity, pairs, orders, DEMO_FMRS, severity=labels.severity)
-    write_table(results, DEMO_FMRS, DEMO_LIMITS, output_dir, stem="demo_table")
+    header, rows = table_rows(results, DEMO_FMRS, DEMO_LIMITS)
+    write_table(header, rows, output_dir, stem="demo_table")
     plot_edcs(results, DEMO_FMRS[0], output_dir / "edc.png", limit=DEMO_LIMITS[-1],
               title="Demo: clean enrolment vs degraded probes of unseen synthetic identities")
-    header, rows = table_rows(results, DEMO_FMRS, DEMO_LIMITS)
     columns = [header.index(h) for h in header if h.startswith("pauc_norm")] + [header.index("spearman_severity")]
     start = results[0].curves[DEMO_FMRS[0]]
     lines = [

@@ -85,13 +85,14 @@ class LabelledImages:
         return PairSet(first, second, self.identity[first] == self.identity[second])
 
 
-def read_labels(folder: str | Path, names: list[str]) -> LabelledImages:
-    """Labels of `names` (file names inside `folder`) from its manifest.csv."""
+def read_labels(folder: str | Path, names: list[str] | None = None) -> LabelledImages:
+    """Labels of `names` (file names inside `folder`; default: every image, in manifest order) from its manifest.csv."""
     manifest = Path(folder) / MANIFEST
     if not manifest.exists():
         raise InputError(f"{manifest} is missing: the folder is not a synthetic verification set")
     with manifest.open(newline="", encoding="utf-8") as handle:
         rows = {row["file"]: row for row in csv.DictReader(handle)}
+    names = list(rows) if names is None else names
     missing = [n for n in names if n not in rows]
     if missing:
         raise InputError(f"{manifest} has no labels for {len(missing)} scored images, e.g. {missing[0]}")

@@ -43,8 +43,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     and checkpoints that hold them under `state_dict`. A Lightning checkpoint of the project's
     FaceRecognitionModule holds `backbone.*` and `head.*` weights: only the backbone is kept.
     """
-    path = Path(path)
-    loaded = _load_plain(path)
+    return _state_dict_from(_load_plain(path), path)
+
+
+def _state_dict_from(loaded, path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
         if any(isinstance(k, str) and k.startswith(_BACKBONE_PREFIX) for k in loaded):
@@ -62,7 +64,10 @@ def read_checkpoint_metadata(path: str | Path) -> dict | None:
     from the checkpoint's `grafiqs` entry (written by FaceRecognitionModule.on_save_checkpoint),
     else derived from its `hyper_parameters`. Loaded with weights_only=True like the weights.
     """
-    loaded = _load_plain(path)
+    return _metadata_from(_load_plain(path), path)
+
+
+def _metadata_from(loaded, path: str | Path) -> dict | None:
     if not isinstance(loaded, dict):
         return None
     meta = loaded.get(_METADATA_KEY)
@@ -147,7 +152,15 @@ def load_weights(model: IResNet, state_dict: dict[str, torch.Tensor], source: st
 def load_backbone(arch: str | None, weights: str | Path, num_features: int | None = None) -> IResNet:
     """An eval-mode iResNet with the weights of `weights`; `arch=None` or `"custom"` (train_fr.py's name for
     its own depths and widths) takes the architecture the keys imply."""
-    state_dict = read_state_dict(weights)
+    return load_backbone_and_metadata(arch, weights, num_features)[0]
+
+
+def load_backbone_and_metadata(
+    arch: str | None, weights: str | Path, num_features: int | None = None
+) -> tuple[IResNet, dict | None]:
+    """`load_backbone` plus `read_checkpoint_metadata` of the same file, read once."""
+    loaded = _load_plain(weights)
+    state_dict, metadata = _state_dict_from(loaded, weights), _metadata_from(loaded, weights)
     found = describe_architecture(state_dict)
     num_features = num_features or found["num_features"] or 512
     if arch in (None, "custom"):
@@ -156,4 +169,4 @@ def load_backbone(arch: str | None, weights: str | Path, num_features: int | Non
         model = IResNet(found["layers"], num_features, widths=found["widths"])
     else:
         model = build_iresnet(arch, num_features)
-    return load_weights(model, state_dict, source=f"weights {weights}").eval()
+    return load_weights(model, state_dict, source=f"weights {weights}").eval(), metadata
