@@ -1,9 +1,14 @@
 """The batched scorer equals the official-style per-image loop; options change layout or precision only."""
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import tiny_iresnet
+from grafiqs.quality.bn_stats import ChannelMoments
 from grafiqs.quality.reference import reference_scores
 from grafiqs.quality.scorer import GROUPS, GraFIQsScorer
 
@@ -43,3 +48,53 @@ def test_bf16_scores_are_close_to_float32(images):
         assert np.allclose(a, b, rtol=0.1)
     with pytest.raises(ValueError, match="precision"):
         GraFIQsScorer(model, precision="fp8")
+
+
+def test_channel_moments_match_var_mean_and_its_gradient():
+    torch.manual_seed(2)
+    x = (5 + 0.1 * torch.randn(3, 4, 7, 6, dtype=torch.float64)).requires_grad_(True)  # offset mean: no cancellation
+    mean, variance = ChannelMoments.apply(x)
+    expected_variance, expected_mean = torch.var_mean(x, dim=(2, 3), correction=0)
+    assert torch.allclose(mean, expected_mean, rtol=1e-12) and torch.allclose(variance, expected_variance, rtol=1e-9)
+    weights = torch.randn(2, 3, 4, dtype=torch.float64)
+    loss = lambda m, v: (weights[0] * m + weights[1] * v**2).sum()  # noqa: E731
+    (gradient,) = torch.autograd.grad(loss(mean, variance), x)
+    (expected,) = torch.autograd.grad(loss(expected_mean, expected_variance), x)
+    assert torch.allclose(gradient, expected, rtol=1e-9, atol=1e-12)
+    assert torch.autograd.gradcheck(ChannelMoments.apply, (x[:1, :2].detach().requires_grad_(True),))
+
+
+def test_channel_moments_stay_float32_under_bf16_autocast():
+    x = torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mean, variance = ChannelMoments.apply(x)
+    assert variance.dtype == torch.float32
+    assert torch.allclose(variance, x.var(dim=(2, 3), correction=0), rtol=1e-6)
+
+
+HEAP_SCRIPT = """
+import ctypes, sys, torch
+from grafiqs.allocator import retain_freed_memory
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2: ten size_t counters
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = MallInfo2
+if sys.argv[1] == "retain":
+    assert retain_freed_memory()
+activation = torch.empty(16, 64, 112, 112)  # one stem activation of a batch of 16: 51 MB
+print(mallinfo2().hblkhd)  # bytes held in mmap-ed blocks, which free() hands back to the kernel
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_retain_freed_memory_serves_activations_from_the_heap_not_from_fresh_mappings():
+    def mapped_bytes(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", HEAP_SCRIPT, mode], capture_output=True, text=True, check=True)
+        return int(run.stdout.split()[-1])
+
+    activation = 16 * 64 * 112 * 112 * 4
+    assert mapped_bytes("default") >= activation  # glibc maps it afresh, so each use faults its pages in
+    assert mapped_bytes("retain") < activation

@@ -56,7 +56,9 @@ class GraFIQsScorer:
     `channels_last` changes only the memory layout, not the numbers. `compile=True` runs the
     four stages through `torch.compile` (fused elementwise work, same float32 math up to
     rounding: within 1e-4 relative of the eager scores); the first batch pays the compilation
-    (about 100 s for iresnet50 on 2 cores, seconds once inductor's cache holds it).
+    (about 85 s for iresnet50 on 2 cores, ~20 s once inductor's cache holds it).
+    On Linux CPUs, `grafiqs.allocator.retain_freed_memory()` (which score.py calls) makes
+    batches about 1.2x faster.
     """
 
     def __init__(
