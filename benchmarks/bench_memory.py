@@ -36,14 +36,15 @@ def make_folder(folder: Path, count: int) -> None:
         (folder / f"face_{i:06d}.png").write_bytes(seeds[i % len(seeds)])
 
 
-def run_child(folder: Path, out: Path, batch_size: int, workers: int) -> tuple[float, float]:
+def run_child(folder: Path, out: Path, batch_size: int, workers: int, compile_mode: str) -> tuple[float, float]:
     """(peak RSS in MB, seconds) of one score.py process."""
     from grafiqs.experiments.demo import DEMO_WEIGHTS
 
     start = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, str(ROOT / "score.py"), "--image-path", str(folder), "--output-dir", str(out),
-         "--weights", str(DEMO_WEIGHTS), "--batch-size", str(batch_size), "--num-workers", str(workers)],
+         "--weights", str(DEMO_WEIGHTS), "--batch-size", str(batch_size), "--num-workers", str(workers),
+         "--compile", compile_mode],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1"},
     )
     _, status, usage = os.wait4(child.pid, 0)  # this child's own usage (its largest process, workers included)
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--compile", default="off", choices=["auto", "on", "off"],
+                        help="score.py --compile; off by default so that every count runs the same code path")
     parser.add_argument("--record", action="store_true", help="append the rows to benchmarks/RESULTS.md")
     args = parser.parse_args()
     rows = []
@@ -65,7 +68,7 @@ def main() -> None:
         for count in args.counts:
             folder = Path(tmp) / f"n{count}"
             make_folder(folder, count)
-            peak, seconds = run_child(folder, Path(tmp) / f"out{count}", args.batch_size, args.num_workers)
+            peak, seconds = run_child(folder, Path(tmp) / f"out{count}", args.batch_size, args.num_workers, args.compile)
             shutil.rmtree(folder)
             print(f"{count} images: peak RSS {peak:.0f} MB, {seconds:.0f} s ({count / seconds:.0f} images/s)")
             rows.append((count, peak, seconds))
@@ -75,7 +78,7 @@ def main() -> None:
         for count, peak, seconds in rows:
             add_row("Peak memory of whole score.py runs (`benchmarks/bench_memory.py`)",
                     ["date", "run", "peak RSS", "wall time", "command", "machine"],
-                    [str(datetime.date.today()), f"demo model, {count} images, bs {args.batch_size}", f"{peak:.0f} MB",
+                    [str(datetime.date.today()), f"demo model, {count} images, bs {args.batch_size}, --compile {args.compile}", f"{peak:.0f} MB",
                      f"{seconds:.0f} s", f"`{command}`", machine])
 
 
