@@ -1,11 +1,13 @@
-"""Process-wide memory-allocator setting for fast CPU scoring.
+"""Process-wide memory-allocator setting for fast CPU scoring and training.
 
 glibc serves every allocation above its mmap threshold (which adapts, up to 32 MB) with fresh
 pages from the kernel and returns them on free. One activation of a batch of 16 faces in an
 iResNet stem is 51 MB (16 x 64 x 112 x 112 float32), so without this every such tensor is
-page-faulted in anew: elementwise ops there ran 3-5x slower and the whole iresnet50 scorer
-1.2x slower (benchmarks/RESULTS.md). Keeping freed memory in the heap for reuse costs nothing
-in peak memory: the process already held that much at its peak.
+page-faulted in anew: elementwise ops there ran 3-5x slower, the whole iresnet50 scorer 1.1-1.2x
+slower and CPU training steps 1.3x slower (benchmarks/RESULTS.md). score.py, ablate.py and
+train_fr.py call `retain_freed_memory` first thing. The price is a somewhat higher peak (the
+iresnet50 benchmark process: 1.95 GB -> 2.1-2.2 GB at batch 16); it still does not grow with the
+number of images scored.
 """
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from grafiqs.quality.scorer import GROUPS
 
     started = time.perf_counter()
-    retain_freed_memory()  # 1.2x faster batches on CPU; see grafiqs/allocator.py
+    retain_freed_memory()  # 1.1-1.2x faster batches on CPU; see grafiqs/allocator.py
     if args.quality_group not in GROUPS:
         raise InputError(f"--quality-group must be one of {', '.join(GROUPS)}")
     demo = args.image_path is None and args.weights is None

@@ -58,7 +58,7 @@ class GraFIQsScorer:
     rounding: within 1e-4 relative of the eager scores); the first batch pays the compilation
     (about 85 s for iresnet50 on 2 cores, ~20 s once inductor's cache holds it).
     On Linux CPUs, `grafiqs.allocator.retain_freed_memory()` (which score.py calls) makes
-    batches about 1.2x faster.
+    batches 1.1-1.2x faster.
     """
 
     def __init__(
