@@ -78,8 +78,8 @@ def main() -> None:
         for count, peak, seconds in rows:
             add_row("Peak memory of whole score.py runs (`benchmarks/bench_memory.py`)",
                     ["date", "run", "peak RSS", "wall time", "command", "machine"],
-                    [str(datetime.date.today()), f"demo model, {count} images, bs {args.batch_size}, --compile {args.compile}", f"{peak:.0f} MB",
-                     f"{seconds:.0f} s", f"`{command}`", machine])
+                    [str(datetime.date.today()), f"demo model, {count} images, bs {args.batch_size}, --compile {args.compile}",
+                     f"{peak:.0f} MB", f"{seconds:.0f} s", f"`{command}`", machine])
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@
 Both sides use the same counter-hash weights and the golden crops (cycled to --images).
 Reported: images/s of the per-image reference loop (grafiqs.quality.reference) under the
 default allocator and again under score.py's (grafiqs/allocator.py), of the batched scorer
-(score.py's allocator unless --default-allocator), their ratios, the worst relative score difference (exact mode) or the
-Spearman rank correlation per group (bf16), peak RSS, start-up time, and with --e2e the
-marginal seconds per image of whole `score.py` processes (start-up cancelled by taking
-two image counts). --record appends a row to benchmarks/RESULTS.md.
+(score.py's allocator unless --default-allocator), their ratios, the worst relative score
+difference (exact mode) or the Spearman rank correlation per group (bf16), peak RSS, start-up
+time, and with --e2e the marginal seconds per image of whole `score.py` processes (start-up
+cancelled by taking two image counts). --record appends a row to benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
