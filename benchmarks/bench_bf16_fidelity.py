@@ -14,8 +14,8 @@ import argparse
 import datetime
 import sys
 
-from bench_scorer import GROUPS, build_model, machine
-from results import add_row
+from bench_scorer import GROUPS, build_model
+from results import add_row, machine
 
 
 def synthetic_faces(count: int):

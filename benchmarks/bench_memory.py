@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import add_row
+from results import add_row, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,12 +73,11 @@ def main() -> None:
             rows.append((count, peak, seconds))
     if args.record:
         command = "python benchmarks/bench_memory.py " + " ".join(sys.argv[1:])
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         for count, peak, seconds in rows:
             add_row("Peak memory of whole score.py runs (`benchmarks/bench_memory.py`)",
                     ["date", "run", "peak RSS", "wall time", "command", "machine"],
                     [str(datetime.date.today()), f"demo model, {count} images, bs {args.batch_size}, --compile {args.compile}",
-                     f"{peak:.0f} MB", f"{seconds:.0f} s", f"`{command}`", machine])
+                     f"{peak:.0f} MB", f"{seconds:.0f} s", f"`{command}`", machine()])
 
 
 if __name__ == "__main__":

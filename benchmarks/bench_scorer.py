@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import resource
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import add_row
+from results import add_row, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -54,13 +53,6 @@ def load_images(count: int):
     files = sorted(p for p in (GOLDEN / "images").glob("*.png"))
     tensors = [to_model_tensor(read_image(f)) for f in files]
     return normalize(torch.stack([tensors[i % len(tensors)] for i in range(count)]))
-
-
-def machine() -> str:
-    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    import os
-
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def marginal_seconds_per_image(arch_weights: Path, arch: str, args) -> float:
@@ -159,7 +151,6 @@ def main() -> None:
             torch.save(model.state_dict(), weights)
             per_image = marginal_seconds_per_image(weights, args.arch, args)
         e2e = f"{1 / per_image:.2f} img/s ({reference_seconds / per_image:.2f}x)"
-    retained = retained_reference_seconds or reference_seconds
 
     row = {
         "date": datetime.date.today().isoformat(),
@@ -170,8 +161,8 @@ def main() -> None:
         "reference img/s": f"{1 / reference_seconds:.2f}",
         "scorer img/s": f"{1 / scorer_seconds:.2f}",
         "ratio": f"{reference_seconds / scorer_seconds:.2f}x",
-        "reference img/s, retained heap": f"{1 / retained:.2f}" if retained_reference_seconds else "-",
-        "ratio, both retained": f"{retained / scorer_seconds:.2f}x" if retained_reference_seconds else "-",
+        "reference img/s, retained heap": f"{1 / retained_reference_seconds:.2f}" if retained_reference_seconds else "-",
+        "ratio, both retained": f"{retained_reference_seconds / scorer_seconds:.2f}x" if retained_reference_seconds else "-",
         "score.py marginal": e2e or "-",
         "worst rel. diff": f"{relative:.1e}",
         "min Spearman": f"{rho:.4f}",

@@ -1,6 +1,7 @@
 """Append a row to one table of benchmarks/RESULTS.md, creating its section the first time."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -19,3 +20,9 @@ def add_row(section: str, header: list[str], cells: list[str]) -> None:
         table_rows = [i for i in range(start, end) if lines[i].startswith("|")]
         lines.insert((table_rows[-1] + 1) if table_rows else end, row)
     RESULTS.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def machine() -> str:
+    """CPU model and core count, for the tables' machine column."""
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    return f"{model}, {os.cpu_count()} cores"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -206,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
         if not trainer.is_global_zero:
             return 0
     records = read_result_logs(output_dir)
-    labels = demo_labels(paths, records) if demo else None
-    summary = write_final_files(output_dir, paths, records, args, labels)
+    scored = [p for p in paths if "scores" in records.get(p, {})]
+    labels = demo_labels(Path(args.image_path), scored) if demo else None
+    summary = write_final_files(output_dir, paths, scored, records, args, labels)
     summary["seconds"] = time.perf_counter() - started
     print_summary(summary, args, output_dir)
     if demo:
@@ -229,15 +229,11 @@ def prepare_demo(args) -> None:
           "(score your own crops with --image-path and --weights)")
 
 
-def demo_labels(paths: list[str], records: dict):
+def demo_labels(folder: Path, scored: list[str]):
     """Manifest labels of the scored demo images, in scored order."""
     from grafiqs.experiments.synthetic_set import read_labels
 
-    return read_labels(Path(paths[0]).parent, [Path(p).name for p in scored_paths(paths, records)])
-
-
-def scored_paths(paths: list[str], records: dict) -> list[str]:
-    return [p for p in paths if "scores" in records.get(p, {})]
+    return read_labels(folder, [Path(p).name for p in scored])
 
 
 def print_demo_report(output_dir: Path, scored: list[str], records: dict, labels, embeddings) -> None:
@@ -299,15 +295,15 @@ def check_or_record_settings(output_dir: Path, settings: dict, overwrite: bool) 
     settings_file.write_text(json.dumps(settings, indent=1))
 
 
-def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dict], args, labels=None) -> dict:
+def write_final_files(output_dir: Path, paths: list[str], scored: list[str], records: dict[str, dict], args,
+                      labels=None) -> dict:
     """Score files, scores.csv (plus identity/role/degradation/severity with `labels`), errors.csv, embeddings.npy."""
     import numpy as np
 
-    from grafiqs.data.score_files import atomic_write_bytes, quality_from_magnitude, replace_prefix, write_csv, write_score_file
+    from grafiqs.data.score_files import atomic_write_npy, quality_from_magnitude, replace_prefix, write_csv, write_score_file
     from grafiqs.lit.writers import decode_embedding
     from grafiqs.quality.scorer import GROUPS
 
-    scored = scored_paths(paths, records)
     failed = [(p, records[p]["error"]) for p in paths if p in records and "error" in records[p]]
     shown = {p: replace_prefix(p, args.path_replace, args.path_replace_with) for p in paths}
     for group in GROUPS:
@@ -327,9 +323,7 @@ def write_final_files(output_dir: Path, paths: list[str], records: dict[str, dic
     write_csv(output_dir / "errors.csv", ["path", "reason"], failed)
     embeddings = np.stack([decode_embedding(records[p]) for p in scored]) if args.save_embeddings and scored else None
     if embeddings is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, embeddings)
-        atomic_write_bytes(output_dir / "embeddings.npy", buffer.getvalue())
+        atomic_write_npy(output_dir / "embeddings.npy", embeddings)
     return {
         "found": len(paths),
         "scored": scored,

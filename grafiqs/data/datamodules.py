@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from grafiqs.data.decode import INPUT_SIZE, read_image, to_model_tensor
+from grafiqs.data.decode import read_image, to_model_tensor
 from grafiqs.data.folders import parse_extensions
 from grafiqs.data.recordio import RecordIODataset
 from grafiqs.data.synthetic import DEGRADATIONS, SyntheticFaces, make_verification_probes, verification_pairs
@@ -94,14 +94,13 @@ def build_augmentations(spec: Sequence[dict] | None, seed: int | None = 0):
 class FaceTransform:
     """HxWx3 uint8 image (in the module's colour order) -> augmented uint8 3x112x112 tensor."""
 
-    def __init__(self, augment: Callable | None = None, size: int = INPUT_SIZE):
+    def __init__(self, augment: Callable | None = None):
         self.augment = augment
-        self.size = size
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         if self.augment is not None:
             image = self.augment(image=image)["image"]
-        return to_model_tensor(image, self.size)
+        return to_model_tensor(image)
 
     def reseed(self, seed: int) -> None:
         if self.augment is not None and hasattr(self.augment, "set_random_seed"):
@@ -229,7 +228,7 @@ class FaceDataModule(L.LightningDataModule):
         self.val_batch_size = int(val_batch_size or batch_size)
         self.calibration_batch_size = int(calibration_batch_size or batch_size)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        build_augmentations(self.augmentations, self.augmentation_seed)  # fail at construction on a bad spec
+        self.augment = build_augmentations(self.augmentations, self.augmentation_seed)  # a bad spec fails here
         self._val_sets: list[PairImages] | None = None
 
     # -- to implement
@@ -254,7 +253,7 @@ class FaceDataModule(L.LightningDataModule):
 
     @cached_property
     def train_dataset(self) -> Dataset:
-        return TransformedDataset(self.raw_train_dataset, FaceTransform(build_augmentations(self.augmentations, self.augmentation_seed)))
+        return TransformedDataset(self.raw_train_dataset, FaceTransform(self.augment))
 
     @cached_property
     def calibration_dataset(self) -> Dataset:

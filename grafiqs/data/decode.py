@@ -75,6 +75,12 @@ def to_model_tensor(image: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
     return tensor.contiguous()
 
 
+# The insightface / official GraFIQs input normalisation, the same for every channel after scaling to
+# [0, 1]; checkpoints of train_fr.py record it as NORMALIZATION.
+_MEAN, _STD = 0.5, 0.5
+NORMALIZATION = {"mean": [_MEAN] * 3, "std": [_STD] * 3}
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float in [-1, 1]: scale to [0, 1], then mean 0.5, std 0.5."""
-    return (images.float() / 255.0 - 0.5) / 0.5
+    return (images.float() / 255.0 - _MEAN) / _STD

@@ -9,7 +9,6 @@ what an order adds over not knowing anything.
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +16,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from grafiqs.evaluation.edc import EDCResult, Orientation, edc_for_order, pair_quality, random_order_edc, threshold_at_fmr
+from grafiqs.data.score_files import atomic_write_text, write_csv
+from grafiqs.evaluation.edc import (
+    EDCResult, Orientation, edc_for_order, pair_quality, random_order_edc, threshold_at_fmr, to_higher_is_better,
+)
 
 RANDOM = "reference: random"
 SEVERITY = "reference: known severity"  # random order within a severity level, see evaluate_orders
+REFERENCES = (RANDOM, SEVERITY)
 
 
 def average_ranks(values) -> np.ndarray:
@@ -101,7 +104,7 @@ def evaluate_orders(
 
     results = []
     for name, (values, orientation) in orders.items():
-        worse = -np.asarray(values, dtype=np.float64) if orientation == "higher_is_better" else np.asarray(values, np.float64)
+        worse = -to_higher_is_better(values, orientation)
         rho = spearman(worse, severity) if severity is not None else math.nan
         results.append(OrderResult(name, curves(values, orientation), rho))
     results.append(OrderResult(RANDOM, {fmr: random_order_edc(similarity, pairs.mated, t, seed=seed) for fmr, t in thresholds.items()}))
@@ -145,11 +148,8 @@ def write_table(header: Sequence[str], rows: Sequence[Sequence], out_dir: Path, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows([row[0], *(f"{v:.6g}" for v in row[1:])] for row in rows)
-    md_path.write_text(markdown_table(header, rows), encoding="utf-8")
+    write_csv(csv_path, header, ([row[0], *(f"{v:.6g}" for v in row[1:])] for row in rows))
+    atomic_write_text(md_path, markdown_table(header, rows))
     return csv_path, md_path
 
 
@@ -173,7 +173,7 @@ def plot_edcs(results: Sequence[OrderResult], fmr: float, path: Path, limit: flo
     axis = figure.subplots()
     for r in results:
         curve = r.curves[fmr]
-        reference = r.name.startswith("reference")
+        reference = r.name in REFERENCES
         axis.step(curve.discard, curve.fnmr, where="post", linestyle="--" if reference else "-", linewidth=1.2,
                   label=f"{r.name} ({r.pauc(fmr, limit).normalised:.3f})")
     axis.axvline(limit, color="gray", linewidth=0.8, linestyle=":")

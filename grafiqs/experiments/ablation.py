@@ -90,14 +90,15 @@ def load_data(config: dict) -> AblationData:
 
 def build_scorer(model, variants: dict):
     """VariantScorer from the `variants` section: loss grids x groups x aggregations (+ weight groups)."""
-    from grafiqs.quality.discrepancy import parse_loss_variant
+    from grafiqs.quality.discrepancy import OFFICIAL_LOSS, parse_loss_variant
     from grafiqs.quality.groups import ACTIVATION_GROUPS, VariantScorer, loss_grid
 
     variants = dict(variants or {})
     losses = []
     for grid in variants.get("losses", [{}]):
         losses += loss_grid(grid.get("terms", ["mean+var"]), grid.get("distances", ["mse"]), grid.get("layers", ["all"]))
-    parameter_losses = [parse_loss_variant(t) for t in variants.get("parameter_losses", ["loss=mean+var,dist=mse,layers=all"])]
+    named = variants.get("parameter_losses")
+    parameter_losses = [parse_loss_variant(t) for t in named] if named is not None else [OFFICIAL_LOSS]
     return VariantScorer(
         model, losses,
         groups=list(variants.get("groups", ACTIVATION_GROUPS)) + list(variants.get("parameter_groups", [])),
@@ -152,8 +153,9 @@ def load_model(section: dict | str):
 
 def run_ablation(config: dict) -> dict:
     """Run the experiment; returns paths of what it wrote and the ranked rows."""
+    from grafiqs.data.score_files import atomic_write_npy
     from grafiqs.evaluation.edc import crfiqa_erc
-    from grafiqs.evaluation.report import PairSet, evaluate_orders, plot_edcs, table_rows, write_table
+    from grafiqs.evaluation.report import REFERENCES, PairSet, evaluate_orders, plot_edcs, table_rows, write_table
     from grafiqs.quality.groups import Variant
 
     started = time.perf_counter()
@@ -182,13 +184,13 @@ def run_ablation(config: dict) -> dict:
     csv_path, md_path = write_table(header, rows, out, stem="results")
     plots = []
     official = Variant().name  # the official GraFIQs score: MSE of mean and variance, all layers, image, L1
-    top = [r for r in rows if not r[0].startswith("reference")][: int(evaluation.get("plot_top", 6))]
-    shown = {r[0] for r in top} | {official} | {r.name for r in results if r.name.startswith("reference")}
+    top = [r for r in rows if r[0] not in REFERENCES][: int(evaluation.get("plot_top", 6))]
+    shown = {r[0] for r in top} | {official} | set(REFERENCES)
     for fmr in fmrs:
         plots.append(plot_edcs([r for r in results if r.name in shown], fmr, out / f"edc_fmr{fmr:g}.png", limit=limits[-1],
                                title=f"{config.get('name', '')}: best variants, official GraFIQs and references"))
     write_columns(out / "scores.csv", data, columns)
-    np.save(out / "embeddings.npy", embeddings)
+    atomic_write_npy(out / "embeddings.npy", embeddings)
     summary = {
         "images": data.vset.num_images, "pairs": len(data.vset), "mated": int(pairs.mated.sum()),
         "loss_variants": len(scorer.loss_variants), "columns": len(columns), "seconds_total": time.perf_counter() - started,

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from grafiqs.data.decode import normalize
+from grafiqs.models.loading import METADATA_KEY
 
 BACKBONE_FILE = "backbone.pth"
 BACKBONE_CHECKPOINT_FILE = "backbone.ckpt"
@@ -107,7 +107,7 @@ class BNRecalibration(L.Callback):
                     break
                 yield images.to(device, non_blocking=True)
 
-        used = recalibrate_batchnorm(backbone, batches(), lambda images: backbone(normalize(images)))
+        used = recalibrate_batchnorm(backbone, batches(), pl_module)  # its forward: normalise, embed
         if trainer.world_size > 1:
             for bn in batchnorm_layers(backbone):
                 bn.running_mean.copy_(trainer.strategy.reduce(bn.running_mean.clone(), reduce_op="mean"))
@@ -127,7 +127,7 @@ def backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
 def save_backbone_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict) -> None:
     """The backbone's weights plus its metadata (architecture, colour order, normalisation), no
     head or optimizer: what `score.py --weights` needs, at the size of the plain .pth."""
-    torch.save({"state_dict": {f"backbone.{k}": v for k, v in state_dict.items()}, "grafiqs": metadata}, path)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in state_dict.items()}, METADATA_KEY: metadata}, path)
 
 
 class ExportBackbone(L.Callback):

@@ -18,10 +18,9 @@ DistributedSampler's padding are dropped by index). Per set:
 * `val/<set>/acc`: 10-fold accuracy as insightface's `evaluate` (contiguous folds, threshold
   chosen on the 9 other folds, exact best threshold over all distinct scores instead of
   insightface's 0.01 grid); a plain best-threshold accuracy when there are fewer than 20 pairs;
-* `val/<set>/tar@fmr1e-3`: the largest true-accept rate whose false-match rate is <= 1e-3, from
-  `torchmetrics.functional.classification.binary_roc` on similarities mapped to [0, 1] as
-  (cos + 1) / 2 (binary_roc would apply a sigmoid to scores outside [0, 1]). With fewer than
-  1000 impostor pairs this is the TAR at zero false matches.
+* `val/<set>/tar@fmr1e-3`: the true-accept rate at the threshold the evaluation fixes for FMR
+  1e-3 (`grafiqs.evaluation.edc.threshold_at_fmr`: accept iff cosine > t), so training logs and
+  ablation reports agree. With fewer than 1000 impostor pairs this is the TAR at zero false matches.
 """
 from __future__ import annotations
 
@@ -34,16 +33,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
-from torchmetrics.functional.classification import binary_roc
 from torchmetrics.utilities import dim_zero_cat
 
-from grafiqs.data.decode import INPUT_SIZE, normalize
+from grafiqs.data.decode import INPUT_SIZE, NORMALIZATION, normalize
+from grafiqs.evaluation.edc import threshold_at_fmr
 from grafiqs.models.heads import build_head
-from grafiqs.models.iresnet import ARCHITECTURES, DEFAULT_WIDTHS, build_iresnet
+from grafiqs.models.iresnet import ARCHITECTURES, build_iresnet
+from grafiqs.models.loading import METADATA_KEY
 
 FMR_TARGET = 1e-3
-NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
-METADATA_KEY = "grafiqs"  # top-level checkpoint key with the backbone's recorded layout and preprocessing
 
 
 # --------------------------------------------------------------------------- verification metrics
@@ -91,15 +89,12 @@ def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> f
     return correct / n
 
 
-def tar_at_fmr(scores: torch.Tensor, issame: torch.Tensor, fmr: float = FMR_TARGET) -> float:
-    """Largest TAR with FMR <= `fmr`; cosine similarities are mapped to [0, 1] for binary_roc."""
-    issame = issame.bool()
+def tar_at_fmr(scores, issame, fmr: float = FMR_TARGET) -> float:
+    """TAR at the threshold the evaluation fixes for `fmr` (grafiqs.evaluation.edc: accept iff score > t)."""
+    scores, issame = np.asarray(scores, dtype=np.float64), np.asarray(issame, dtype=bool)
     if issame.all() or not issame.any():
         return float("nan")
-    preds = ((scores.float() + 1.0) / 2.0).clamp(0.0, 1.0)
-    fpr, tpr, _ = binary_roc(preds, issame.long(), thresholds=None)
-    allowed = fpr <= fmr
-    return float(tpr[allowed].max()) if allowed.any() else 0.0
+    return float((scores[issame] > threshold_at_fmr(scores, issame, fmr)).mean())
 
 
 def verification_metrics(embeddings: torch.Tensor, present: torch.Tensor, pairs: np.ndarray, issame: np.ndarray) -> dict | None:
@@ -120,7 +115,7 @@ def verification_metrics(embeddings: torch.Tensor, present: torch.Tensor, pairs:
     scores_np, same_np = scores.double().cpu().numpy(), same.cpu().numpy()
     return {
         "acc": kfold_accuracy(scores_np, same_np),
-        "tar@fmr1e-3": tar_at_fmr(scores, same),
+        "tar@fmr1e-3": tar_at_fmr(scores_np, same_np),
         "pairs": int(keep.sum()),
     }
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
+from grafiqs.data.decode import NORMALIZATION
 from grafiqs.errors import WeightsError
 from grafiqs.models.iresnet import ARCHITECTURES, DEFAULT_WIDTHS, IResNet, build_iresnet
 
 _STRIPPED_PREFIXES = ("module.", "backbone.", "model.")
 _BACKBONE_PREFIX = "backbone."
-_METADATA_KEY = "grafiqs"  # written by grafiqs.lit.fr_module.FaceRecognitionModule.on_save_checkpoint
+METADATA_KEY = "grafiqs"  # top-level checkpoint entry with the backbone's layout and preprocessing (fr_module, callbacks)
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
@@ -70,7 +71,7 @@ def read_checkpoint_metadata(path: str | Path) -> dict | None:
 def _metadata_from(loaded, path: str | Path) -> dict | None:
     if not isinstance(loaded, dict):
         return None
-    meta = loaded.get(_METADATA_KEY)
+    meta = loaded.get(METADATA_KEY)
     hparams = loaded.get("hyper_parameters")
     if not isinstance(meta, dict):
         if not isinstance(hparams, dict) or "arch" not in hparams or "colour_order" not in hparams:
@@ -80,7 +81,7 @@ def _metadata_from(loaded, path: str | Path) -> dict | None:
     layers = meta.get("layers") or ARCHITECTURES.get(arch)
     if layers is None:
         raise WeightsError(f"{path}: checkpoint metadata names arch {arch!r} without layers; cannot tell the backbone's depth")
-    normalization = meta.get("normalization") or (hparams or {}).get("normalization") or {"mean": [0.5] * 3, "std": [0.5] * 3}
+    normalization = meta.get("normalization") or (hparams or {}).get("normalization") or NORMALIZATION
     result = {
         "arch": arch,
         "layers": tuple(int(v) for v in layers),

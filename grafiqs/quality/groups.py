@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Sequence
 
 import torch
@@ -180,6 +181,7 @@ class VariantScorer:
         self.loss_variants = tuple(dict.fromkeys(loss_variants))
         # The per-sample weight pass costs about a per-image loop per loss: a grid may restrict it.
         self.parameter_losses = self.loss_variants if parameter_losses is None else tuple(dict.fromkeys(parameter_losses))
+        self.all_losses = tuple(dict.fromkeys(self.loss_variants + self.parameter_losses))  # activation losses first
         self.groups = tuple(dict.fromkeys(groups))
         self.aggregations = tuple(dict.fromkeys(aggregations))
         if not self.loss_variants:
@@ -201,13 +203,13 @@ class VariantScorer:
                 raise VariantError(f"{group} matches no parameter of this model")
             self.group_parameters[group] = names
 
-    @property
+    @cached_property
     def columns(self) -> list[str]:
         names = []
-        for loss in dict.fromkeys(self.loss_variants + self.parameter_losses):
-            names.append(f"{loss.name}|bns_loss")
-            names += [v.name for v in variant_grid([loss], self.activation_groups if loss in self.loss_variants else (), self.aggregations)]
-            names += [v.name for v in variant_grid([loss], self.parameter_groups if loss in self.parameter_losses else (), self.aggregations)]
+        for loss in self.all_losses:
+            groups = (self.activation_groups if loss in self.loss_variants else []) + (
+                self.parameter_groups if loss in self.parameter_losses else [])
+            names += [f"{loss.name}|bns_loss", *(v.name for v in variant_grid([loss], groups, self.aggregations))]
         return names
 
     def __call__(self, images: torch.Tensor) -> VariantScores:
@@ -229,7 +231,7 @@ class VariantScorer:
             running = self.statistics.running()
             differentiated = {"image": images, **stage_outputs}
             inputs = [differentiated[g] for g in self.activation_groups]
-            for index, loss_variant in enumerate(dict.fromkeys(self.loss_variants + self.parameter_losses)):
+            for index, loss_variant in enumerate(self.all_losses):
                 loss = loss_variant(sample_statistics, running)
                 columns[f"{loss_variant.name}|bns_loss"] = loss.detach()
                 if not inputs or loss_variant not in self.loss_variants:
