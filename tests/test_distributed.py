@@ -46,3 +46,16 @@ def test_two_cpu_processes_score_every_image_once_like_one_process(tmp_path, tin
             a, b = float(row[column]), float(distributed[path][column])
             assert abs(a - b) <= 1e-5 * abs(a), (path, column, a, b)
     assert (tmp_path / "one" / "GraFIQs_image.txt").read_text().splitlines().__len__() == 11
+
+
+def test_fewer_images_than_processes_are_scored_once_and_the_idle_process_ends(tmp_path, tiny_weights):
+    """Lightning's own predict sampler refuses fewer items than processes; ShardSampler gives the idle rank an
+    empty batch so both ranks run the same hooks and neither waits for ever."""
+    images = tmp_path / "one"
+    images.mkdir()
+    (images / "face.png").write_bytes((GOLDEN / "images" / "clean.png").read_bytes())
+    run_score(images, tmp_path / "out", tiny_weights, "--accelerator", "cpu", "--devices", "2")
+    logged = [json.loads(line)["path"] for log in (tmp_path / "out" / LOG_FOLDER).glob("rank*.jsonl")
+              for line in log.read_text().splitlines()]
+    assert logged == [str(images / "face.png")]
+    assert len(rows(tmp_path / "out" / "scores.csv")) == 1

@@ -58,10 +58,12 @@ def test_extensions_recursion_and_path_replacement(tmp_path, tiny_weights, faces
     assert names == sorted(["/data/copy.jpg", "/data/sub/deep.PNG"] + [f"/data/{n}" for n in FACES])
 
 
-def test_written_paths_keep_the_spelling_of_image_path(tmp_path, tiny_weights, faces, monkeypatch):
+def test_written_paths_are_normalised_as_the_official_pathlib_glob_writes_them(tmp_path, tiny_weights, faces, monkeypatch):
+    """extract_grafiqs.py writes str(p) for p in Path(image_path).glob(...): './faces//' becomes 'faces'."""
     monkeypatch.chdir(faces.parent)
-    assert score("./faces/", tmp_path / "out", tiny_weights) == 0
-    assert list(read_score_file(tmp_path / "out" / "GraFIQs_image.txt")) == [f"./faces/{n}" for n in sorted(FACES)]
+    assert score("./faces//", tmp_path / "out", tiny_weights) == 0
+    official = sorted(str(p) for p in Path("./faces//").glob("*.png"))
+    assert list(read_score_file(tmp_path / "out" / "GraFIQs_image.txt")) == official == [f"faces/{n}" for n in sorted(FACES)]
 
 
 def test_bad_files_are_skipped_named_and_never_scored(tmp_path, tiny_weights, faces, capsys):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -36,8 +38,17 @@ outputs in --output-dir:
   GraFIQs_image.txt, GraFIQs_block1.txt .. GraFIQs_block4.txt   <path> <raw magnitude>, sorted by path
   scores.csv    path, every group's magnitude, bns_loss, quality (higher = better), resized
   embeddings.npy  with --save-embeddings: float32 [N, D], rows in the order of scores.csv
-  errors.csv    every skipped file and why
-  .grafiqs/     per-batch result log: rerunning the same command resumes an interrupted run
+  errors.csv    every skipped file and why (names that cannot go into a score file, e.g. with a
+                line break or not UTF-8, are skipped too and shown escaped)
+  .grafiqs/     per-batch result log: rerunning the same command resumes an interrupted run;
+                results count only for the same settings, the same weights (by content) and
+                unchanged image files (size, mtime)
+
+The program never overwrites or deletes a file it did not write: an --output-dir holding a
+foreign scores.csv (or any other output name) is refused.
+
+exit codes: 0 done; 2 bad option or input; 3 --strict stopped at a bad file; 4 cannot write;
+5 no usable score at all; 130 Ctrl-C; 143 SIGTERM (finished batches are kept in all cases)
 
 examples:
   python score.py --image-path crops/ --weights 181952backbone.pth --backbone iresnet100 --output-dir out/
@@ -45,8 +56,46 @@ examples:
 """
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is below {least}")
+    return value
+
+
+def devices_value(text: str) -> str:
+    """'auto', a positive count, -1 (all) or a comma-separated list of device indices."""
+    items = [t.strip() for t in text.split(",")]
+    if text == "auto" or text == "-1" or ("," not in text and text.isdigit() and int(text) > 0) or (
+            "," in text and all(t.isdigit() for t in items if t) and any(items)):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: give a number of devices >= 1, -1 for all, auto, or indices like 0,1")
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# Options that say what to score or where to write: with none of them, score.py runs the demo.
+SCORING_OPTIONS = ("image_path", "image_extension", "output_dir", "backbone", "weights", "path_replace",
+                   "path_replace_with", "bgr2rgb", "recursive", "quality_group", "save_embeddings", "overwrite", "strict")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="score.py", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     official = parser.add_argument_group("options of the official extract_grafiqs.py (same meaning)")
@@ -65,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="backbone state dict (.pth, insightface / official GraFIQs key layout), or a train_fr.py checkpoint "
         "(.ckpt: its recorded colour order becomes the default)",
     )
-    official.add_argument("--gpu", type=int, help="CUDA device index; without a GPU the run falls back to the CPU")
-    official.add_argument("--path-replace", help="prefix of the image paths to replace in the score files")
+    official.add_argument("--gpu", type=non_negative_int,
+                          help="CUDA device index; without a GPU the run falls back to the CPU")
+    official.add_argument("--path-replace", help="prefix of the image paths to replace in the score files "
+                          "(needs --path-replace-with; alone it is ignored, as in the official script)")
     official.add_argument("--path-replace-with", help="string that replaces the --path-replace prefix")
     official.add_argument(
         "--bgr2rgb",
@@ -75,11 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extra = parser.add_argument_group("additional options")
     extra.add_argument("--recursive", action="store_true", help="also score images in sub-folders (default: flat)")
-    extra.add_argument("--batch-size", type=int, default=16, help="images per forward/backward (default: 16)")
-    extra.add_argument("--num-workers", type=int, default=1, help="DataLoader processes decoding images (default: 1)")
-    extra.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: auto)")
-    extra.add_argument("--devices", default="1", help="number of devices/processes, or a list like 0,1 (default: 1)")
-    extra.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP (default: 1)")
+    extra.add_argument("--batch-size", type=positive_int, default=16, help="images per forward/backward (default: 16)")
+    extra.add_argument("--num-workers", type=non_negative_int, default=1,
+                       help="DataLoader processes decoding images (default: 1)")
+    extra.add_argument("--accelerator", default="auto", choices=ACCELERATORS, help="(default: auto)")
+    extra.add_argument("--devices", type=devices_value, default="1",
+                       help="number of devices/processes, -1 for all, or GPU indices like 0,1 (default: 1)")
+    extra.add_argument("--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP (default: 1)")
     extra.add_argument(
         "--quality-group", default="image", help="group whose magnitude becomes the `quality` column (default: image)"
     )
@@ -102,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument(
         "--save-embeddings", action="store_true", help="also write the FR embeddings of the same forward pass (embeddings.npy)"
     )
-    extra.add_argument("--overwrite", action="store_true", help="discard results of a different run in --output-dir")
+    extra.add_argument("--overwrite", action="store_true",
+                       help="discard every result an earlier run left in --output-dir (its run log and the files it "
+                       "wrote) and score everything anew; files the program did not write are never touched")
     extra.add_argument(
         "--strict", action="store_true",
         help="stop with exit code 3 at the first unreadable image (default: skip it, list it in errors.csv, go on)",
@@ -110,8 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run; finished batches are in the log."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.demo = not any(getattr(args, name) != parser.get_default(name) for name in SCORING_OPTIONS)
     try:
         return run(args)
     except ImageError as error:  # only --strict turns a bad image into an error
@@ -121,12 +186,24 @@ def main(argv: list[str] | None = None) -> int:
     except GrafiqsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, RunInterrupted) as stop:
+        import signal
+
+        signum = stop.signum if isinstance(stop, RunInterrupted) else signal.SIGINT
+        print(f"\nstopped by {signal.Signals(signum).name}: finished batches are kept in {log_dir(args)}; rerun the same "
+              "command to resume", file=sys.stderr)
+        return 128 + signum
     except OSError as error:  # read-only folder, full disk, ...: name the file, keep what is done
         where = error.filename or args.output_dir or "the output folder"
-        print(f"error: cannot write {where}: {error.strerror or error}. Batches already scored are kept in "
-              f"{Path(args.output_dir or 'outputs/scores') / '.grafiqs'}; free space or choose a writable --output-dir, "
-              "then rerun the same command to resume", file=sys.stderr)
+        print(f"error: cannot write {where}: {error.strerror or error}. Batches already scored are kept in {log_dir(args)}; "
+              "free space or choose a writable --output-dir, then rerun the same command to resume", file=sys.stderr)
         return 4
+
+
+def log_dir(args) -> Path:
+    from grafiqs.data.output_folder import LOG_FOLDER
+
+    return Path(args.output_dir or "outputs/scores") / LOG_FOLDER
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,61 +213,63 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from grafiqs.allocator import retain_freed_memory
-    from grafiqs.data.folders import ImageFileDataset, collate_images, list_images, parse_extensions
+    from grafiqs.data.folders import ImageFileDataset, ShardSampler, collate_images, list_images, parse_extensions
+    from grafiqs.data.output_folder import OutputFolder
     from grafiqs.lit.quality_module import GraFIQsModule
     from grafiqs.lit.writers import ResultLogWriter, read_result_logs
     from grafiqs.quality.scorer import GROUPS
 
     started = time.perf_counter()
     retain_freed_memory()  # 1.1-1.2x faster batches on CPU; see grafiqs/allocator.py
-    if args.quality_group not in GROUPS:
-        raise InputError(f"--quality-group must be one of {', '.join(GROUPS)}")
-    demo = args.image_path is None and args.weights is None
-    if demo:
+    check_options(args, GROUPS)
+    if args.demo:
         prepare_demo(args)
-    elif args.image_path is None:
-        raise InputError("give --image-path (a folder of aligned face crops or one image file)")
-    elif args.weights is None:
-        raise InputError("give --weights, the backbone state dict (.pth) to score with")
-    output_dir = Path(args.output_dir or "outputs/scores")
     paths = list_images(args.image_path, parse_extensions(args.image_extension), args.recursive)
+    accelerator, devices = choose_devices(args, torch)
     backbone = load_backbone_for(args)
 
     settings = {
         "image_path": str(Path(args.image_path).resolve()),
         "image_extension": args.image_extension,
         "recursive": args.recursive,
-        "weights": str(Path(args.weights).resolve()),
+        "weights_sha256": file_digest(args.weights),
         "architecture": list(backbone.layers_per_stage) + list(backbone.widths),
         "bgr2rgb": args.bgr2rgb,
         "precision": args.precision,
-        "save_embeddings": args.save_embeddings,
     }
-    check_or_record_settings(output_dir, settings, args.overwrite)
-    done = {path for path, record in read_result_logs(output_dir).items() if "scores" in record}
-    todo = [path for path in paths if path not in done]
-    if done:
-        print(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already scored in {output_dir}")
+    run_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    output = OutputFolder(args.output_dir or "outputs/scores")
+    outputs = output_names(args)
+    if is_primary_process():  # DDP worker processes re-run this script: one process owns the folder
+        output.claim(outputs)
+        start_or_resume(output, outputs, settings, args.overwrite)
+    current = {p: identity_of(p) for p in paths}
+    done = read_result_logs(output.path, run_id, current, with_embedding=args.save_embeddings)
+    todo = [p for p in paths if "scores" not in done.get(p, {})]
+    if len(todo) < len(paths):
+        print(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already scored in {output.path}")
 
-    accelerator, devices = choose_devices(args, torch)
     if todo:
         loader = DataLoader(
             ImageFileDataset(todo, bgr2rgb=args.bgr2rgb),
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             collate_fn=collate_images,
+            sampler=ShardSampler(len(todo)),
             persistent_workers=False,
         )
+        writer = ResultLogWriter(output.path, todo, run_id, strict=args.strict)
         trainer = L.Trainer(
             accelerator=accelerator,
             devices=devices,
             num_nodes=args.num_nodes,
             strategy="ddp" if devices != 1 or args.num_nodes > 1 else "auto",
             inference_mode=False,  # gradients are the score
+            use_distributed_sampler=False,  # ShardSampler: Lightning's refuses fewer images than processes
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            callbacks=[ResultLogWriter(output_dir, todo, strict=args.strict)],
+            callbacks=[writer],
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -201,18 +280,105 @@ def run(args: argparse.Namespace) -> int:
                 print(f"compiling the network's stages for {len(todo)} images (--compile off skips it) ...", flush=True)
             module = GraFIQsModule(backbone, precision=args.precision, return_embeddings=args.save_embeddings,
                                    compile=compile_stages)
-            trainer.predict(module, loader, return_predictions=False)
+            try:
+                trainer.predict(module, loader, return_predictions=False)
+            except (SystemExit, KeyboardInterrupt):  # Lightning turns Ctrl-C into exit(1) after stopping its workers
+                raise RunInterrupted(writer.stop_signal or 2) from None
         if not trainer.is_global_zero:
             return 0
-    records = read_result_logs(output_dir)
+    records = read_result_logs(output.path, run_id, current, with_embedding=args.save_embeddings)
     scored = [p for p in paths if "scores" in records.get(p, {})]
-    labels = demo_labels(Path(args.image_path), scored) if demo else None
-    summary = write_final_files(output_dir, paths, scored, records, args, labels)
+    labels = demo_labels(Path(args.image_path), scored) if args.demo else None
+    summary = write_final_files(output.path, paths, scored, records, args, labels)
+    output.remove(output.written() - outputs)  # e.g. an embeddings.npy of an earlier run with --save-embeddings
     summary["seconds"] = time.perf_counter() - started
-    print_summary(summary, args, output_dir)
-    if demo:
-        print_demo_report(output_dir, summary["scored"], records, labels, summary["embeddings"])
+    print_summary(summary, args, output.path)
+    if args.demo:
+        print_demo_report(output.path, summary["scored"], records, labels, summary["embeddings"])
+    if not summary["magnitudes"]:
+        print(f"error: 0 usable scores: {len(summary['failed'])} files were unreadable and {len(summary['not_finite'])} "
+              "got NaN scores (see errors.csv and the status column of scores.csv)", file=sys.stderr)
+        return 5
     return 0
+
+
+def check_options(args, groups) -> None:
+    """Refuse option values that cannot work, before anything is created."""
+    from grafiqs.data.score_files import name_problem
+    from grafiqs.models.iresnet import ARCHITECTURES
+
+    if not args.demo:
+        missing = [option for option, value in (("--image-path", args.image_path), ("--weights", args.weights))
+                   if value is None]
+        if missing:
+            raise InputError(f"give {' and '.join(missing)} (a folder of aligned face crops or one image file; the "
+                             "backbone state dict or train_fr.py checkpoint); the demo runs only without any scoring option")
+    if args.quality_group not in groups:
+        raise InputError(f"--quality-group must be one of {', '.join(groups)}")
+    if args.backbone is not None and args.backbone not in (*ARCHITECTURES, "custom"):
+        raise InputError(f"unknown --backbone {args.backbone!r}; choose one of {', '.join(ARCHITECTURES)} or custom")
+    if args.path_replace_with is not None and name_problem(args.path_replace_with):
+        raise InputError(f"--path-replace-with cannot go into a score file: {name_problem(args.path_replace_with)}")
+
+
+def output_names(args) -> set[str]:
+    """The files this run writes into --output-dir."""
+    from grafiqs.quality.scorer import GROUPS
+
+    names = {f"GraFIQs_{group}.txt" for group in GROUPS} | {"scores.csv", "errors.csv"}
+    names |= {"embeddings.npy"} if args.save_embeddings else set()
+    return names | ({"edc.png", "demo_table.csv", "demo_table.md"} if args.demo else set())
+
+
+def is_primary_process() -> bool:
+    """False in the worker processes that DDP launchers (Lightning's, torchrun, SLURM) start with a rank."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content: the same weights under another name are the same run, new ones at the
+    same path are not."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def identity_of(path: str) -> list[int] | None:
+    from grafiqs.data.folders import file_identity
+
+    try:
+        return file_identity(os.stat(path))
+    except (OSError, ValueError):
+        return None
+
+
+def start_or_resume(output, outputs: set[str], settings: dict, overwrite: bool) -> None:
+    """Record the run's settings; refuse to mix with results of other settings unless --overwrite,
+    which discards the earlier run's log and files."""
+    from grafiqs.data.score_files import atomic_write_text
+
+    settings_file = output.log_dir / "settings.json"
+    try:
+        previous = json.loads(settings_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, empty or half-written: no usable settings
+        previous = None
+    logs = list(output.log_dir.glob("rank*.jsonl"))
+    if overwrite:
+        for log in logs:
+            log.unlink()
+        output.remove(output.written())
+        output.claim(outputs)
+    elif logs and previous != settings:
+        if isinstance(previous, dict):
+            changed = ", ".join(k for k in settings if previous.get(k) != settings[k]) or "format"
+            reason = f"a run with other settings ({changed})"
+        else:
+            reason = "a run whose settings.json is unreadable"
+        raise InputError(f"{output.path} holds results of {reason}; use another --output-dir, or --overwrite to "
+                         "discard them")
+    atomic_write_text(settings_file, json.dumps(settings, indent=1))
 
 
 def prepare_demo(args) -> None:
@@ -262,37 +428,26 @@ def load_backbone_for(args):
     return backbone
 
 
-def choose_devices(args, torch) -> tuple[str, int | list[int]]:
-    """The official --gpu N picks one CUDA device; without CUDA we warn and use the CPU instead of failing."""
+def choose_devices(args, torch) -> tuple[str, int | str | list[int]]:
+    """Lightning's accelerator and devices from the options, refusing what this machine cannot run.
+
+    The official --gpu N picks one CUDA device; without CUDA it warns and uses the CPU instead of failing."""
     if args.gpu is not None:
         if torch.cuda.is_available():
             return "gpu", [args.gpu]
         print(f"warning: --gpu {args.gpu} given but no CUDA device is available; scoring on the CPU", file=sys.stderr)
         return "cpu", 1
-    devices = args.devices
-    parsed = [int(d) for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
-    return args.accelerator, parsed
-
-
-def check_or_record_settings(output_dir: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse to mix results of different settings in one output folder, unless --overwrite."""
-    from grafiqs.lit.writers import LOG_FOLDER
-
-    log_dir = output_dir / LOG_FOLDER
-    settings_file = log_dir / "settings.json"
-    if settings_file.exists():
-        previous = json.loads(settings_file.read_text())
-        if previous != settings:
-            if not overwrite:
-                changed = ", ".join(k for k in settings if previous.get(k) != settings[k])
-                raise InputError(
-                    f"{output_dir} holds results of a run with other settings ({changed}); "
-                    "use another --output-dir, or --overwrite to discard them"
-                )
-            for log in log_dir.glob("rank*.jsonl"):
-                log.unlink()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(settings, indent=1))
+    if args.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise InputError(f"--accelerator {args.accelerator}: no CUDA GPU is available here; use --accelerator cpu")
+    if args.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--accelerator mps: no Apple GPU is available here; use --accelerator cpu")
+    on_cpu = args.accelerator == "cpu" or (args.accelerator == "auto" and not torch.cuda.is_available())
+    if "," in args.devices:
+        if on_cpu:
+            raise InputError(f"--devices {args.devices}: device indices are for GPUs; on the CPU give a number of "
+                             "processes, e.g. --devices 2")
+        return args.accelerator, [int(d) for d in args.devices.split(",") if d.strip()]
+    return args.accelerator, args.devices if args.devices == "auto" else int(args.devices)
 
 
 def write_final_files(output_dir: Path, paths: list[str], scored: list[str], records: dict[str, dict], args,
@@ -300,12 +455,13 @@ def write_final_files(output_dir: Path, paths: list[str], scored: list[str], rec
     """Score files, scores.csv (plus identity/role/degradation/severity with `labels`), errors.csv, embeddings.npy."""
     import numpy as np
 
-    from grafiqs.data.score_files import atomic_write_npy, quality_from_magnitude, replace_prefix, write_csv, write_score_file
+    from grafiqs.data.score_files import (atomic_write_npy, printable_path, quality_from_magnitude, replace_prefix,
+                                          write_csv, write_score_file)
     from grafiqs.lit.writers import decode_embedding
     from grafiqs.quality.scorer import GROUPS
 
-    failed = [(p, records[p]["error"]) for p in paths if p in records and "error" in records[p]]
-    shown = {p: replace_prefix(p, args.path_replace, args.path_replace_with) for p in paths}
+    failed = [(printable_path(p), records[p]["error"]) for p in paths if p in records and "error" in records[p]]
+    shown = {p: replace_prefix(p, args.path_replace, args.path_replace_with) for p in scored}
     for group in GROUPS:
         write_score_file(output_dir / f"GraFIQs_{group}.txt", ((shown[p], records[p]["scores"][group]) for p in scored))
     label_columns = ["identity", "role", "degradation", "severity"] if labels is not None else []

@@ -9,6 +9,8 @@ This module is the single place where that happens, for scoring, training and ev
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -21,6 +23,8 @@ from grafiqs.errors import ImageError
 INPUT_SIZE = 112
 # Refuse larger images before decoding them (decompression bombs); an aligned crop is 112x112.
 MAX_PIXELS = 64_000_000
+# Refuse larger files before reading them: 64 megapixels of uncompressed 16-bit RGB TIFF fit.
+MAX_FILE_BYTES = 512 * 2**20
 
 
 def decode_image(data: bytes, bgr2rgb: bool = False, source: str = "image") -> np.ndarray:
@@ -31,10 +35,10 @@ def decode_image(data: bytes, bgr2rgb: bool = False, source: str = "image") -> n
     """
     if not data:
         raise ImageError(f"{source}: empty file")
-    pixels = _header_pixels(data)
+    pixels = _header_pixels(data, source)
     if pixels is not None and pixels > MAX_PIXELS:
         raise ImageError(f"{source}: {pixels} pixels exceed the limit of {MAX_PIXELS}; crop and align faces first")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
         # libjpeg would fill the missing rows with gray and only warn: a score of half an image is wrong.
         raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
     try:
@@ -47,24 +51,90 @@ def decode_image(data: bytes, bgr2rgb: bool = False, source: str = "image") -> n
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr2rgb else image
 
 
-def _header_pixels(data: bytes) -> int | None:
+def _header_pixels(data: bytes, source: str) -> int | None:
     """Width x height from the file header without decoding pixels (None if the header is unknown)."""
     from PIL import Image  # Pillow reads headers lazily; it arrives with matplotlib
 
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
+    except Image.DecompressionBombError:  # Pillow's own limit (about 179 MP) is far above ours
+        raise ImageError(f"{source}: more than twice Pillow's {Image.MAX_IMAGE_PIXELS} pixels, beyond the limit of "
+                         f"{MAX_PIXELS}; crop and align faces first") from None
     except Exception:  # not a format Pillow knows: OpenCV's own limit still applies
         return None
     return width * height
 
 
-def read_image(path: str | Path, bgr2rgb: bool = False) -> np.ndarray:
+def jpeg_is_complete(data: bytes) -> bool:
+    """True if the JPEG's marker structure reaches its end-of-image marker (bytes after it are allowed,
+    as libjpeg ignores them). Walks the segments: length-prefixed headers are skipped whole, so an EXIF
+    thumbnail's own markers are never mistaken for the image's; entropy-coded data after a start-of-scan
+    ends at the first 0xFF that is neither byte stuffing (FF 00) nor a restart marker (FF D0-D7)."""
+    position, size = 2, len(data)
+    while position + 1 < size:
+        if data[position] != 0xFF:
+            return False  # not at a marker: corrupt structure
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            position += 2
+            continue
+        if position + 3 >= size:
+            return False
+        position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        if marker == 0xDA:  # start of scan: skip the entropy-coded data
+            while True:
+                position = data.find(b"\xff", position)
+                if position < 0 or position + 1 >= size:
+                    return False
+                following = data[position + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    position += 2
+                else:
+                    break
+    return False
+
+
+def read_file_bytes(path: str | Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file and its stat, read with a size limit; anything else is an ImageError.
+
+    Opened non-blocking, so a FIFO or device named like an image is refused at once instead of
+    blocking the run; the type and size come from the opened file itself (fstat), so a symlink to
+    /dev/zero or a file swapped after listing cannot slip through.
+    """
     try:
-        data = Path(path).read_bytes()
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
         raise ImageError(f"{path}: cannot be read ({error.strerror or error})") from None
-    return decode_image(data, bgr2rgb, source=str(path))
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(handle)
+        raise ImageError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); only image files are read")
+    with os.fdopen(handle, "rb", buffering=0) as file:
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageError(f"{path}: {info.st_size} bytes exceed the limit of {MAX_FILE_BYTES}; crop and align faces first")
+        try:
+            data = file.read(MAX_FILE_BYTES + 1)
+        except OSError as error:
+            raise ImageError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if len(data) > MAX_FILE_BYTES:  # grew while being read
+        raise ImageError(f"{path}: more than {MAX_FILE_BYTES} bytes; crop and align faces first")
+    return data, info
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def read_image(path: str | Path, bgr2rgb: bool = False) -> np.ndarray:
+    return decode_image(read_file_bytes(path)[0], bgr2rgb, source=str(path))
 
 
 def to_model_tensor(image: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:

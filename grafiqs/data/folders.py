@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
-from grafiqs.data.decode import INPUT_SIZE, read_image, to_model_tensor
-from grafiqs.errors import GrafiqsError, InputError
+from grafiqs.data.decode import INPUT_SIZE, decode_image, read_file_bytes, to_model_tensor
+from grafiqs.data.score_files import name_problem, printable_path
+from grafiqs.errors import GrafiqsError, ImageError, InputError
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff")
 
@@ -28,18 +29,21 @@ def parse_extensions(text: str | Sequence[str] | None) -> tuple[str, ...]:
 def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS, recursive: bool = False) -> list[str]:
     """Sorted image paths under `path` (a folder, or a single image file taken as it is).
 
-    Paths keep the form the user gave (`folder/name.jpg`, not resolved), as the
-    official score files do. Extensions match case-insensitively.
+    Paths are spelled as the official script's `Path(image_path).glob(...)` writes them:
+    pathlib-normalised (`./crops//x.jpg` -> `crops/x.jpg`), not resolved. Extensions match
+    case-insensitively. Everything with a matching name is listed, whatever its type: the
+    reader refuses FIFOs, devices and broken links with a reason, so none is silently dropped.
     """
+    if str(path) == "":
+        raise InputError("--image-path is empty; give a folder of aligned face crops or one image file")
     root = Path(path)
-    if root.is_file():
-        return [str(path)]
+    if os.path.lexists(root) and not root.is_dir():
+        return [str(root)]
     if not root.is_dir():
         raise InputError(f"image path not found: {path} (give a folder of aligned face crops or one image file)")
     wanted = {e.lower() for e in extensions}
-    # os.path.join keeps the user's spelling ("./crops/x.jpg"), as the official glob does; pathlib would not.
     found = sorted(
-        os.path.join(path, relative)
+        str(root / relative)
         for relative in (_walk_files(root) if recursive else (p.name for p in root.iterdir() if not p.is_dir()))
         if Path(relative).suffix.lstrip(".").lower() in wanted
     )
@@ -80,12 +84,26 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | None) -> dict:
+        if index is None:  # ShardSampler's placeholder for a process without images
+            return {"index": None, "image": None, "error": None, "shape": None, "file": None}
+        path = self.paths[index]
         try:
-            image = read_image(self.paths[index], self.bgr2rgb)
+            problem = name_problem(path)
+            if problem:
+                raise ImageError(f"{printable_path(path)}: not scored: {problem} (score files hold one path per line); "
+                                 "rename the file")
+            data, info = read_file_bytes(path)
+            image = decode_image(data, self.bgr2rgb, source=path)
         except GrafiqsError as error:
-            return {"index": index, "image": None, "error": str(error), "shape": None}
-        return {"index": index, "image": to_model_tensor(image, self.size), "error": "", "shape": image.shape[:2]}
+            return {"index": index, "image": None, "error": str(error), "shape": None, "file": None}
+        return {"index": index, "image": to_model_tensor(image, self.size), "error": "", "shape": image.shape[:2],
+                "file": file_identity(info)}
+
+
+def file_identity(info: os.stat_result) -> list[int]:
+    """[size, mtime in ns] of a file: a resumed run rescores an image whose identity changed."""
+    return [info.st_size, info.st_mtime_ns]
 
 
 def collate_images(items: list[dict]) -> dict:
@@ -95,5 +113,31 @@ def collate_images(items: list[dict]) -> dict:
         "index": torch.tensor([item["index"] for item in good], dtype=torch.long),
         "image": torch.stack([item["image"] for item in good]) if good else torch.empty(0, 3, 0, 0, dtype=torch.uint8),
         "resized": torch.tensor([tuple(item["shape"]) != tuple(item["image"].shape[1:]) for item in good], dtype=torch.bool),
-        "errors": [(item["index"], item["error"]) for item in items if item["image"] is None],
+        "file": [item["file"] for item in good],
+        "errors": [(item["index"], item["error"]) for item in items if item["error"]],
     }
+
+
+class ShardSampler(Sampler):
+    """This process's share of the items, every item exactly once over all processes (rank, rank + world, ...).
+
+    The rank is read when iterating, once DDP has started. A process with no item gets one placeholder
+    (`None`, an empty batch): Lightning skips the hooks of a process without batches, and the others would
+    then wait for it for ever (its own sampler refuses fewer items than processes instead).
+    """
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def _share(self) -> list[int | None]:
+        import torch.distributed as dist
+
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        return list(range(rank, self.length, world)) or [None]
+
+    def __iter__(self):
+        return iter(self._share())
+
+    def __len__(self) -> int:
+        return len(self._share())

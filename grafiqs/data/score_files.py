@@ -4,6 +4,11 @@
   CR-FIQA layout, with the raw gradient magnitude (larger = lower quality).
 - `scores.csv`: every group's raw magnitude, the BNS loss and `quality` (higher = better).
 - `errors.csv`: every file that was skipped, with the reason.
+
+A score file is read back exactly (`read_score_file`) because no path in it holds a line
+break or any other control character and every path is valid UTF-8: images whose names break
+that rule are not scored but skipped, with the reason and an escaped name (`printable_path`)
+in errors.csv, so the user can rename them.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import io
 import math
 import os
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -30,10 +36,20 @@ def atomic_write_npy(path: str | Path, array) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's private 0600 is not what users expect
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as file:
             file.write(data)
         os.replace(temporary, path)
@@ -43,10 +59,35 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def replace_prefix(path: str, prefix: str | None, replacement: str | None) -> str:
-    """The official --path-replace/--path-replace-with: swap a leading prefix of the written path."""
-    if prefix and path.startswith(prefix):
-        return (replacement or "") + path[len(prefix):]
+    """--path-replace/--path-replace-with: swap a leading prefix of the written path.
+
+    As in the official script, nothing is replaced unless both are given. Deliberate difference:
+    the official code calls str.replace (every occurrence, anywhere in the path); this replaces
+    the prefix only, as both scripts' help text says, so a file name that repeats the folder's
+    name is never rewritten.
+    """
+    if prefix and replacement is not None and path.startswith(prefix):
+        return replacement + path[len(prefix):]
     return path
+
+
+def name_problem(path: str) -> str | None:
+    """Why `path` cannot be written to a `<path> <score>` line and read back exactly (None if it can)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    bad = next((c for c in path if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"its name holds the control or line-break character U+{ord(bad):04X}"
+    return None
+
+
+def printable_path(path: str) -> str:
+    """`path` with undecodable bytes and control characters escaped (\\xNN, \\n, \\uNNNN), for messages and errors.csv."""
+    raw = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+                   for c in raw)
 
 
 def quality_from_magnitude(magnitude: float) -> float:
@@ -61,9 +102,14 @@ def write_score_file(path: str | Path, rows: Iterable[tuple[str, float]]) -> Non
 
 
 def read_score_file(path: str | Path) -> dict[str, float]:
-    """`<path> <score>` lines -> {path: score}; the path may contain spaces (split at the last one)."""
+    """`<path> <score>` lines -> {path: score}; the path may contain spaces (split at the last one).
+
+    Lines end at "\\n" only (a "\\r" before it is dropped), the format's own terminator: str.splitlines
+    would also split at characters such as U+2028 or \\x1c.
+    """
     scores = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         name, _, value = line.rpartition(" ")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from grafiqs.data.decode import INPUT_SIZE, decode_image, to_model_tensor
-from grafiqs.errors import ImageError, InputError
+from grafiqs.data.decode import INPUT_SIZE, decode_image, read_file_bytes, to_model_tensor
+from grafiqs.errors import InputError
 
 MAX_REPORTED_MISSING = 5
 
@@ -92,10 +92,7 @@ class VerificationSet:
         image = self.images[index]
         if not isinstance(image, str):
             return bytes(image)
-        try:
-            return Path(image).read_bytes()
-        except OSError as error:
-            raise ImageError(f"{image}: cannot be read ({error.strerror or error})") from None
+        return read_file_bytes(image)[0]
 
 
 class VerificationImages(Dataset):

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,17 +35,6 @@ class SyntheticSetSpec:
     seed: int = 0
     identity_offset: int = 1_000_000  # disjoint from the training identities (0 .. N-1)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "SyntheticSetSpec":
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InputError(f"unknown synthetic set options {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        values = dict(values)
-        for key in ("kinds", "severities"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
-
     @property
     def size(self) -> int:
         per_probe = (0 in self.severities) + len(self.kinds) * sum(s != 0 for s in self.severities)
@@ -50,21 +42,56 @@ class SyntheticSetSpec:
 
 
 def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: bool = True) -> Path:
-    """Write the set's PNGs and manifest into `folder` unless a set of the same spec is there; returns the folder."""
+    """Write the set's PNGs and manifest into `folder` unless a set of the same spec is there; returns the folder.
+
+    The set is drawn into a new hidden folder beside `folder` and moved into place when complete, so an
+    interrupted draw leaves nothing half-made in `folder`. An existing `folder` is replaced only if it is
+    empty or holds nothing but a set this function drew (the files its manifest.csv names, the manifest
+    and spec.json); any other file makes it refuse: a user's images are never deleted.
+    """
     folder = Path(folder)
-    spec_path = folder / SPEC_FILE
     wanted = asdict(spec) | {"kinds": list(spec.kinds), "severities": list(spec.severities)}
-    if spec_path.exists() and (folder / MANIFEST).exists():
-        if json.loads(spec_path.read_text()) == wanted:
-            return folder
+    ours = _files_of_drawn_set(folder)
+    if ours is not None and _read_json(folder / SPEC_FILE) == wanted:
+        return folder
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file; the synthetic set needs a folder (created if missing)")
+    foreign = sorted(set(os.listdir(folder)) - (ours or set())) if folder.is_dir() else []
+    if foreign:
+        raise InputError(f"{folder} holds files that are not a synthetic set drawn by this program ({', '.join(foreign[:3])}"
+                         f"{' ...' if len(foreign) > 3 else ''}); it never deletes them: choose an empty or new folder")
     if progress:
         print(f"drawing {spec.size} synthetic faces ({spec.num_identities} held-out identities) into {folder} ...", flush=True)
-    for old in folder.glob("*.png"):
-        old.unlink()
-    write_demo_folder(folder, spec.num_identities, spec.seed, spec.identity_offset, spec.kinds, spec.severities,
-                      enrol_per_identity=1, probes_per_identity=spec.probes_per_identity)
-    spec_path.write_text(json.dumps(wanted, indent=1))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    drawing = Path(tempfile.mkdtemp(prefix=f".{folder.name}.drawing-", dir=folder.parent))
+    try:
+        write_demo_folder(drawing, spec.num_identities, spec.seed, spec.identity_offset, spec.kinds, spec.severities,
+                          enrol_per_identity=1, probes_per_identity=spec.probes_per_identity)
+        (drawing / SPEC_FILE).write_text(json.dumps(wanted, indent=1))
+        for name in ours or ():  # the previous set, drawn by this function
+            (folder / name).unlink()
+        if folder.is_dir():
+            folder.rmdir()  # empty now; a file that appeared meanwhile makes this fail instead of being lost
+        drawing.rename(folder)
+    except BaseException:
+        shutil.rmtree(drawing, ignore_errors=True)
+        raise
     return folder
+
+
+def _files_of_drawn_set(folder: Path) -> set[str] | None:
+    """The names of a complete set this module drew into `folder` (images, manifest, spec), else None."""
+    if _read_json(folder / SPEC_FILE) is None or not (folder / MANIFEST).is_file():
+        return None
+    with (folder / MANIFEST).open(newline="", encoding="utf-8") as handle:
+        return {row["file"] for row in csv.DictReader(handle)} | {MANIFEST, SPEC_FILE}
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass

@@ -4,33 +4,54 @@ Each rank appends one JSON line per image to `<output>/.grafiqs/rank<R>.jsonl`
 and flushes after every batch, so nothing accumulates in memory and an
 interrupted run keeps every finished batch. A later run with the same settings
 reads the logs, skips what is done, and rank 0 rebuilds the final files from them.
+
+Every record carries the digest of the run's settings (weights by content included) and
+the scored file's [size, mtime]; a record counts only for the same settings and an
+unchanged file, so a resumed run never mixes results of other weights or of replaced images.
 """
 from __future__ import annotations
 
 import base64
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from grafiqs.data.output_folder import LOG_FOLDER
 from grafiqs.errors import ImageError
-from grafiqs.quality.scorer import STATUS_MESSAGES, STATUS_OK
+from grafiqs.quality.scorer import GROUPS, STATUS_MESSAGES, STATUS_OK
 
-LOG_FOLDER = ".grafiqs"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class ResultLogWriter(BasePredictionWriter):
-    def __init__(self, output_dir: str | Path, paths: Sequence[str], strict: bool = False):
+    """Writes each batch's records; `stop_signal` is the SIGINT/SIGTERM that stopped the run, if any.
+
+    Lightning's own SIGTERM handler only notes the signal (the run would go on, a FIFO read would
+    hang on), so while predicting both signals raise KeyboardInterrupt: Lightning then stops its
+    worker processes and exits, and every batch written before stays in the log.
+    """
+
+    def __init__(self, output_dir: str | Path, paths: Sequence[str], run: str, strict: bool = False):
         super().__init__(write_interval="batch")
         self.log_dir = Path(output_dir) / LOG_FOLDER
         self.paths = list(paths)
+        self.run = run  # settings digest stamped on every record
         self.strict = strict  # stop at the first unreadable file (after logging the batch)
         self.file = None
+        self.stop_signal: int | None = None
+
+    def _stop(self, signum, frame) -> None:
+        self.stop_signal = signum
+        raise KeyboardInterrupt
 
     def on_predict_start(self, trainer, pl_module) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._stop)  # Lightning restores its predecessors at teardown
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"rank{trainer.global_rank}.jsonl"
         needs_newline = log.exists() and log.stat().st_size > 0 and not log.read_bytes().endswith(b"\n")
@@ -42,7 +63,8 @@ class ResultLogWriter(BasePredictionWriter):
         lines = []
         for row, index in enumerate(prediction["index"].tolist()):
             scores = {group: float(values[row]) for group, values in prediction["scores"].items()}
-            record = {"path": self.paths[index], "scores": scores, "bns_loss": float(prediction["bns_loss"][row])}
+            record = {"path": self.paths[index], "run": self.run, "file": batch["file"][row], "scores": scores,
+                      "bns_loss": float(prediction["bns_loss"][row])}
             if prediction["resized"][row]:
                 record["resized"] = True
             if int(prediction["status"][row]) != STATUS_OK:
@@ -50,7 +72,8 @@ class ResultLogWriter(BasePredictionWriter):
             if "embedding" in prediction:  # float32 bytes, base64: exact and a third of the size of JSON numbers
                 record["embedding"] = base64.b64encode(prediction["embedding"][row].numpy().tobytes()).decode("ascii")
             lines.append(json.dumps(record, allow_nan=True))
-        lines += [json.dumps({"path": self.paths[index], "error": reason}) for index, reason in prediction["errors"]]
+        lines += [json.dumps({"path": self.paths[index], "run": self.run, "error": reason})
+                  for index, reason in prediction["errors"]]
         if lines:
             self.file.write("\n".join(lines) + "\n")
             self.file.flush()
@@ -69,16 +92,31 @@ def decode_embedding(record: dict) -> np.ndarray:
     return np.frombuffer(base64.b64decode(record["embedding"]), dtype=np.float32)
 
 
-def read_result_logs(output_dir: str | Path) -> dict[str, dict]:
-    """Every path's latest record from all rank logs; half-written lines of a killed run are ignored."""
-    records = {}
+def _is_score(record: dict, with_embedding: bool) -> bool:
+    scores, file = record.get("scores"), record.get("file")
+    return (isinstance(scores, dict) and all(isinstance(scores.get(g), (int, float)) for g in GROUPS)
+            and isinstance(record.get("bns_loss"), (int, float))
+            and isinstance(file, list) and len(file) == 2 and all(isinstance(v, int) for v in file)
+            and (not with_embedding or isinstance(record.get("embedding"), str)))
+
+
+def read_result_logs(output_dir: str | Path, run: str, current: dict[str, list[int]],
+                     with_embedding: bool = False) -> dict[str, dict]:
+    """Each path's usable record in the rank logs: a score of run `run` whose file identity is `current[path]`,
+    else that run's error for the path. Half-written lines of a killed run, records of other runs or of
+    files that changed since, and lines missing any field are ignored."""
+    scored, failed = {}, {}
     for log in sorted((Path(output_dir) / LOG_FOLDER).glob("rank*.jsonl")):
-        for line in log.read_text(encoding="utf-8").splitlines():
+        for line in log.read_text(encoding="utf-8", errors="replace").split("\n"):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and "path" in record:
-                records[record["path"]] = record
-    return records
-
+            if not isinstance(record, dict) or record.get("run") != run or record.get("path") not in current:
+                continue
+            path = record["path"]
+            if _is_score(record, with_embedding) and record["file"] == current[path]:
+                scored[path] = record
+            elif isinstance(record.get("error"), str):
+                failed[path] = record
+    return failed | scored

@@ -1,0 +1,312 @@
+"""score.py and the ablation runner tried as a careful and as a hostile user would: nothing of the user's is
+lost, nothing hangs, results of different weights, settings or files never mix, bad options fail at once."""
+import csv
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FACES, GOLDEN, tiny_iresnet
+from grafiqs.data.decode import decode_image
+from grafiqs.data.output_folder import LOG_FOLDER, OutputFolder
+from grafiqs.data.score_files import name_problem, printable_path, read_score_file, write_score_file
+from grafiqs.errors import InputError
+from grafiqs.experiments.synthetic_set import SyntheticSetSpec, prepare_synthetic_set
+from test_score_cli import read_csv, score
+
+ROOT = Path(__file__).parents[1]
+GROUPS = ("image", "block1", "block2", "block3", "block4")
+TINY_SET = SyntheticSetSpec(num_identities=2, kinds=("blur",), severities=(0, 1))
+
+
+def run_script(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "score.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def logged_records(out: Path) -> list[dict]:
+    return [json.loads(line) for log in (out / LOG_FOLDER).glob("rank*.jsonl") for line in log.read_text().splitlines()
+            if line.startswith("{")]
+
+
+# ------------------------------------------------------------------ nothing the program did not create is lost
+
+
+def test_a_forgotten_option_names_what_is_missing_instead_of_starting_the_demo(tmp_path, capsys):
+    user_images = tmp_path / "D" / "images"
+    user_images.mkdir(parents=True)
+    (user_images / "mine.png").write_bytes((GOLDEN / "images" / "clean.png").read_bytes())
+    assert score_without_images(tmp_path / "D", "--backbone", "iresnet100") == 2
+    err = capsys.readouterr().err
+    assert "give --image-path and --weights" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in user_images.iterdir()] == ["mine.png"]
+    assert sorted(p.name for p in (tmp_path / "D").iterdir()) == ["images"]  # nothing created either
+
+
+def score_without_images(out: Path, *extra) -> int:
+    from grafiqs.cli.score import main
+
+    return main(["--output-dir", str(out), *extra])
+
+
+def test_a_synthetic_set_folder_holding_other_files_is_refused_and_kept(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.png").write_bytes(b"a user's picture")
+    with pytest.raises(InputError, match="never deletes them"):
+        prepare_synthetic_set(folder, TINY_SET, progress=False)
+    assert [p.name for p in folder.iterdir()] == ["holiday.png"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-drawn folder left beside it
+
+
+def test_a_drawn_set_is_reused_replaced_for_another_spec_and_then_guarded(tmp_path):
+    folder = prepare_synthetic_set(tmp_path / "set", TINY_SET, progress=False)
+    first = sorted(p.name for p in folder.iterdir())
+    stamp = (folder / "manifest.csv").stat().st_mtime_ns
+    assert prepare_synthetic_set(folder, TINY_SET, progress=False) == folder
+    assert (folder / "manifest.csv").stat().st_mtime_ns == stamp  # reused, not redrawn
+    bigger = SyntheticSetSpec(num_identities=3, kinds=("blur",), severities=(0, 1))
+    prepare_synthetic_set(folder, bigger, progress=False)  # our own set of another spec: replaced
+    assert len(list(folder.glob("*.png"))) == bigger.size and set(first) != set(p.name for p in folder.iterdir())
+    (folder / "added_by_user.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="added_by_user.png"):
+        prepare_synthetic_set(folder, TINY_SET, progress=False)
+    assert (folder / "added_by_user.png").read_bytes() == b"x" and len(list(folder.glob("*.png"))) == bigger.size + 1
+
+
+def test_the_ablation_never_deletes_a_data_folder_or_overwrites_an_output(tmp_path, tiny_weights):
+    from grafiqs.experiments.ablation import load_config, run_ablation
+
+    data_folder = tmp_path / "mine"
+    data_folder.mkdir()
+    (data_folder / "face.png").write_bytes(b"keep me")
+    config = tmp_path / "a.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\nweights: {tiny_weights}\n"
+                      f"data: {{kind: synthetic, folder: {data_folder}}}\nwandb: {{mode: disabled}}\n")
+    with pytest.raises(InputError, match="never deletes them"):
+        run_ablation(load_config(config))
+    assert (data_folder / "face.png").read_bytes() == b"keep me"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.csv").write_text("someone's table")
+    with pytest.raises(InputError, match="not written by this program"):
+        run_ablation(load_config(config, ["--output_dir", str(tmp_path / "other")]))
+    assert (tmp_path / "other" / "results.csv").read_text() == "someone's table"
+
+
+def test_foreign_files_in_the_output_folder_are_never_overwritten(tmp_path, tiny_weights, faces, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scores.csv").write_text("my own spreadsheet")
+    (out / "notes.txt").write_text("unrelated")
+    assert score(faces, out, tiny_weights) == 2
+    assert "already holds scores.csv, not written by this program" in capsys.readouterr().err
+    assert (out / "scores.csv").read_text() == "my own spreadsheet" and not (out / LOG_FOLDER).exists()
+    (out / "scores.csv").unlink()
+    assert score(faces, out, tiny_weights) == 0  # unrelated files may stay beside the outputs
+    assert (out / "notes.txt").read_text() == "unrelated"
+    assert score(faces, out, tiny_weights) == 0  # our own files are ours to replace
+    mode = stat.S_IMODE((out / "scores.csv").stat().st_mode)
+    assert mode == 0o666 & ~_umask(), oct(mode)  # the user's umask, not tempfile's private 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------ hostile folders: no hang, every file named
+
+
+def test_a_hostile_folder_ends_on_its_own_scores_the_good_crops_and_names_every_bad_file(tmp_path, tiny_weights):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    good = {name: (GOLDEN / "images" / name).read_bytes() for name in ("clean.png", "dark.png")}
+    for name, data in good.items():
+        (folder / name).write_bytes(data)
+    os.mkfifo(folder / "fifo.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    Image.new("L", (13500, 13500)).save(folder / "bomb.png")  # ~180 MB of pixels in a small file
+    latin1 = os.fsencode(folder) + b"/caf\xe9.png"  # a Latin-1 file name: not UTF-8
+    with open(latin1, "wb") as file:
+        file.write(good["clean.png"])
+    controls = ["line\nbreak.png", "carriage\rreturn.png", "file\x1cseparator.png", "line\u2028separator.png"]
+    for name in controls:
+        (folder / name).write_bytes(good["clean.png"])
+    out = tmp_path / "out"
+    done = run_script("--image-path", folder, "--weights", tiny_weights, "--output-dir", out, "--num-workers", 1,
+                      timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for group in GROUPS:  # every score file reads back, one entry per scored image
+        assert sorted(read_score_file(out / f"GraFIQs_{group}.txt")) == sorted(str(folder / n) for n in good)
+    assert len(read_csv(out / "scores.csv")) == len(good)
+    reasons = {row["path"]: row["reason"] for row in read_csv(out / "errors.csv")}
+    expected = {"fifo.png": "a FIFO", "zero.png": "a character device", "bomb.png": "pixels",
+                "caf\\xe9.png": "not valid UTF-8", "line\\nbreak.png": "U+000A", "carriage\\rreturn.png": "U+000D",
+                "file\\x1cseparator.png": "U+001C", "line\\u2028separator.png": "U+2028"}
+    assert len(reasons) == len(expected)
+    for name, why in expected.items():
+        assert why in reasons[f"{folder}/{name}"], (name, reasons)
+
+
+def test_control_and_non_utf8_names_are_the_only_ones_refused_and_every_kept_name_round_trips(tmp_path):
+    kept = ["plain.png", "with space.png", "tab-free ünïcödé 顔.png", "trailing space .png", "x\u200bzero-width.png"]
+    refused = ["a\nb.png", "a\rb.png", "a\x1cb.png", "a\x85b.png", "a\u2028b.png", "a\u2029b.png", "a\tb.png",
+               os.fsdecode(b"caf\xe9.png")]
+    assert [name_problem(n) for n in kept] == [None] * len(kept)
+    assert all(name_problem(n) for n in refused)
+    write_score_file(tmp_path / "s.txt", [(n, i / 7) for i, n in enumerate(kept)])
+    assert read_score_file(tmp_path / "s.txt") == {n: i / 7 for i, n in enumerate(kept)}
+    assert printable_path(os.fsdecode(b"caf\xe9\n.png")) == "caf\\xe9\\n.png"
+
+
+def test_a_jpeg_with_bytes_after_its_end_marker_decodes_as_opencv_does_and_a_cut_one_is_refused():
+    image = cv2.imread(str(GOLDEN / "images" / "clean.png"))
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    trailing = jpeg + b"\x00" * 100 + b"appended by a camera or a messenger app"
+    np.testing.assert_array_equal(decode_image(trailing), cv2.imdecode(np.frombuffer(trailing, np.uint8), cv2.IMREAD_COLOR))
+    progressive = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert decode_image(progressive + b"tail").shape == (112, 112, 3)
+    from grafiqs.errors import ImageError
+
+    for cut in (jpeg[:-2], jpeg[: len(jpeg) // 2], progressive[: len(progressive) // 2]):
+        with pytest.raises(ImageError, match="truncated JPEG"):
+            decode_image(cut)
+
+
+@pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_stop_with_a_message_keep_finished_batches_and_the_rerun_resumes(tmp_path, tiny_weights,
+                                                                                             stop, code):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    crop = (GOLDEN / "images" / "clean.png").read_bytes()
+    for i in range(400):
+        (folder / f"face_{i:04d}.png").write_bytes(crop)
+    out = tmp_path / "out"
+    command = [sys.executable, "score.py", "--image-path", str(folder), "--weights", str(tiny_weights),
+               "--output-dir", str(out), "--batch-size", "1", "--num-workers", "1", "--compile", "off"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(logged_records(out)) < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(stop)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err[-2000:]
+    assert f"stopped by {stop.name}" in err and "rerun the same command to resume" in err
+    kept = len({r["path"] for r in logged_records(out)})
+    assert 3 <= kept < 400
+    resumed = run_script(*command[2:], "--batch-size", 50)  # batch size is no setting of the results
+    assert resumed.returncode == 0 and f"resuming: {kept} of 400 images already scored" in resumed.stdout
+    assert len(read_score_file(out / "GraFIQs_image.txt")) == 400
+
+
+# ------------------------------------------------------------------ results of other weights, files or settings
+
+
+def test_weights_replaced_at_the_same_path_are_never_mixed_with_the_old_scores(tmp_path, faces, capsys):
+    weights = tmp_path / "backbone.pth"
+    torch.save(tiny_iresnet().state_dict(), weights)
+    assert score(faces, tmp_path / "out", weights) == 0
+    retrained = tiny_iresnet()
+    with torch.no_grad():
+        retrained.layer1[0].conv1.weight.mul_(1.5)
+    torch.save(retrained.state_dict(), weights)  # same path, new content
+    assert score(faces, tmp_path / "out", weights) == 2
+    assert "other settings (weights_sha256)" in capsys.readouterr().err
+    assert score(faces, tmp_path / "out", weights, "--overwrite") == 0
+    assert score(faces, tmp_path / "fresh", weights) == 0
+    assert (tmp_path / "out" / "scores.csv").read_text() == (tmp_path / "fresh" / "scores.csv").read_text()
+
+
+def test_an_image_replaced_under_the_same_name_is_scored_again(tmp_path, tiny_weights, faces, capsys):
+    assert score(faces, tmp_path / "out", tiny_weights) == 0
+    before = read_score_file(tmp_path / "out" / "GraFIQs_image.txt")
+    (faces / "clean.png").write_bytes((GOLDEN / "images" / "blur_3.png").read_bytes())
+    assert score(faces, tmp_path / "out", tiny_weights) == 0
+    assert f"resuming: {len(FACES) - 1} of {len(FACES)}" in capsys.readouterr().out
+    after = read_score_file(tmp_path / "out" / "GraFIQs_image.txt")
+    assert after[str(faces / "clean.png")] == pytest.approx(before[str(faces / "blur_3.png")], rel=1e-5)
+
+
+def test_overwrite_discards_every_earlier_result_and_leaves_no_stale_file(tmp_path, tiny_weights, faces):
+    out = tmp_path / "out"
+    assert score(faces, out, tiny_weights, "--save-embeddings") == 0
+    assert (out / "embeddings.npy").exists()
+    assert score(faces, out, tiny_weights, "--overwrite") == 0
+    assert not (out / "embeddings.npy").exists()  # it would no longer match scores.csv
+    assert len(logged_records(out)) == len(FACES)  # same settings, but --overwrite scored everything anew
+    assert score(faces, out, tiny_weights, "--save-embeddings") == 0  # embeddings were not logged: rescored
+    assert np.load(out / "embeddings.npy").shape[0] == len(FACES)
+
+
+def test_an_unreadable_settings_file_or_broken_record_never_blocks_or_crashes(tmp_path, tiny_weights, faces, capsys):
+    out = tmp_path / "out"
+    assert score(faces, out, tiny_weights) == 0
+    (out / LOG_FOLDER / "settings.json").write_text('{"image_pa')  # half-written
+    assert score(faces, out, tiny_weights) == 2
+    assert "settings.json is unreadable" in capsys.readouterr().err
+    assert score(faces, out, tiny_weights, "--overwrite") == 0
+    with open(out / LOG_FOLDER / "rank0.jsonl", "a") as log:  # valid JSON, but not a usable record
+        log.write(json.dumps({"path": str(faces / "clean.png")}) + "\n")
+        log.write(json.dumps({"path": str(faces / "dark.png"), "run": "x", "scores": {}}) + "\n")
+    assert score(faces, out, tiny_weights) == 0
+    assert len(read_score_file(out / "GraFIQs_image.txt")) == len(FACES)
+    (out / LOG_FOLDER / "settings.json").write_text("")  # empty, and no log: a fresh start
+    for log in (out / LOG_FOLDER).glob("rank*.jsonl"):
+        log.unlink()
+    assert score(faces, out, tiny_weights) == 0
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(tmp_path, tiny_weights, faces, capsys):
+    first = OutputFolder(tmp_path / "out")
+    first.claim({"scores.csv"})  # as a running score.py holds it
+    assert score(faces, tmp_path / "out", tiny_weights) == 2
+    assert "another run is writing to" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bad option values: one line, exit 2, nothing created
+
+
+@pytest.mark.parametrize("option", [
+    ["--backbone", "resnet50"], ["--accelerator", "cudaa"], ["--devices", "abc"], ["--devices", "0"],
+    ["--batch-size", "0"], ["--num-workers", "-1"], ["--num-nodes", "0"], ["--image-path", ""],
+    ["--quality-group", "block9"], ["--devices", "0,1", "--accelerator", "cpu"],
+] + ([["--accelerator", "gpu"]] if not torch.cuda.is_available() else []))
+def test_bad_option_values_are_one_line_errors_with_exit_2_and_create_nothing(tmp_path, tiny_weights, faces, option,
+                                                                           capsys):
+    from grafiqs.cli.score import main
+
+    out = tmp_path / "out"
+    arguments = ["--image-path", str(faces), "--weights", str(tiny_weights), "--output-dir", str(out)]
+    if option[0] == "--image-path":
+        arguments = arguments[2:]
+    try:
+        code = main(arguments + option)
+    except SystemExit as exit:  # argparse's own checks
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error" in lines[0], err
+    assert not out.exists()
+
+
+def test_an_output_dir_that_is_a_file_says_so(tmp_path, tiny_weights, faces, capsys):
+    (tmp_path / "out").write_text("a file")
+    assert score(faces, tmp_path / "out", tiny_weights) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_path_replace_alone_is_ignored_as_in_the_official_script(tmp_path, tiny_weights, faces):
+    assert score(faces, tmp_path / "out", tiny_weights, "--path-replace", str(faces)) == 0
+    assert sorted(read_score_file(tmp_path / "out" / "GraFIQs_image.txt")) == sorted(str(faces / n) for n in FACES)
