@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -36,7 +37,8 @@ bundled demo model and prints how well each group's discard order helps verifica
 EPILOG = """\
 outputs in --output-dir:
   GraFIQs_image.txt, GraFIQs_block1.txt .. GraFIQs_block4.txt   <path> <raw magnitude>, sorted by path
-  scores.csv    path, every group's magnitude, bns_loss, quality (higher = better), resized
+  scores.csv    path, every group's magnitude, bns_loss, quality (higher = better), resized, status;
+                with --align/--landmarks also x1 y1 .. x5 y5 (the landmarks used) and detection_confidence
   embeddings.npy  with --save-embeddings: float32 [N, D], rows in the order of scores.csv
   errors.csv    every skipped file and why (names that cannot go into a score file, e.g. with a
                 line break or not UTF-8, are skipped too and shown escaped)
@@ -89,9 +91,13 @@ def devices_value(text: str) -> str:
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# scores.csv columns with --align / --landmarks: the five points used (x1 y1 = left eye ... x5 y5 = right mouth
+# corner, in the photo's pixels) and MTCNN's confidence (NaN for landmarks from a file).
+LANDMARK_COLUMNS = [f"{axis}{i}" for i in range(1, 6) for axis in "xy"] + ["detection_confidence"]
 # Options that say what to score or where to write: with none of them, score.py runs the demo.
 SCORING_OPTIONS = ("image_path", "image_extension", "output_dir", "backbone", "weights", "path_replace",
-                   "path_replace_with", "bgr2rgb", "recursive", "quality_group", "save_embeddings", "overwrite", "strict")
+                   "path_replace_with", "bgr2rgb", "recursive", "quality_group", "save_embeddings", "overwrite", "strict",
+                   "align", "landmarks", "select_face", "save_aligned")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true",
         help="stop with exit code 3 at the first unreadable image (default: skip it, list it in errors.csv, go on)",
     )
+    photos = parser.add_argument_group(
+        "unaligned photos (grafiqs.data.align: five-point ArcFace alignment, exactly insightface's norm_crop)")
+    photos.add_argument("--align", action="store_true",
+                        help="detect the face (MTCNN with facenet-pytorch's weights) and align it to the 112x112 ArcFace "
+                        "crop before scoring; a photo without a face is skipped with that reason")
+    photos.add_argument("--landmarks", metavar="FILE",
+                        help="five landmarks per image to align from: IJB-C's ijbc_name_5pts_score.txt layout "
+                        "(name x1 y1 ... x5 y5 [score]) or a CSV with header path,x1,y1,...,x5,y5; images without an "
+                        "entry are detected with --align and skipped without it")
+    photos.add_argument("--select-face", choices=("largest", "center"), default="largest",
+                        help="which detected face to score when there are several: the largest box, or the one nearest "
+                        "the image centre (default: largest)")
+    photos.add_argument("--save-aligned", metavar="DIR",
+                        help="also save the aligned crops actually scored, as PNG, under their relative paths")
     return parser
 
 
@@ -236,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
         "architecture": list(backbone.layers_per_stage) + list(backbone.widths),
         "bgr2rgb": args.bgr2rgb,
         "precision": args.precision,
+        "alignment": {"detect": args.align, "select": args.select_face,
+                      "landmarks_sha256": args.landmarks and file_digest(args.landmarks)} if aligning(args) else None,
     }
     run_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     output = OutputFolder(args.output_dir or "outputs/scores")
@@ -250,8 +272,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already scored in {output.path}")
 
     if todo:
+        aligner, crops = prepare_alignment(args, todo) if aligning(args) else (None, None)
         loader = DataLoader(
-            ImageFileDataset(todo, bgr2rgb=args.bgr2rgb),
+            ImageFileDataset(todo, bgr2rgb=args.bgr2rgb, aligner=aligner, save_aligned=crops),
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             collate_fn=collate_images,
@@ -317,8 +340,37 @@ def check_options(args, groups) -> None:
         raise InputError(f"--quality-group must be one of {', '.join(groups)}")
     if args.backbone is not None and args.backbone not in (*ARCHITECTURES, "custom"):
         raise InputError(f"unknown --backbone {args.backbone!r}; choose one of {', '.join(ARCHITECTURES)} or custom")
+    if args.save_aligned and not aligning(args):
+        raise InputError("--save-aligned saves aligned crops: add --align (detect faces) or --landmarks FILE")
     if args.path_replace_with is not None and name_problem(args.path_replace_with):
         raise InputError(f"--path-replace-with cannot go into a score file: {name_problem(args.path_replace_with)}")
+
+
+def aligning(args) -> bool:
+    return bool(args.align or args.landmarks)
+
+
+def prepare_alignment(args, paths: list[str]):
+    """The FaceAligner of the options, and with --save-aligned where each path's crop goes (a folder the
+    program owns like --output-dir: existing files it did not write are never replaced)."""
+    from grafiqs.data.align import FaceAligner, read_landmarks_file
+    from grafiqs.data.output_folder import OutputFolder
+
+    landmarks = read_landmarks_file(args.landmarks) if args.landmarks else None
+    aligner = FaceAligner(landmarks, select=args.select_face, detect=args.align)
+    if not args.save_aligned:
+        return aligner, None
+    root = Path(args.image_path) if Path(args.image_path).is_dir() else Path(args.image_path).parent
+    names = {}
+    for path in paths:
+        name = os.path.relpath(path, root)
+        names[path] = name if name.lower().endswith(".png") else name + ".png"  # PNG: the crop exactly as scored
+    folder = OutputFolder(args.save_aligned, "--save-aligned")
+    if is_primary_process():
+        folder.claim(names.values())
+    for name in names.values():
+        (folder.path / name).parent.mkdir(parents=True, exist_ok=True)
+    return aligner, {path: folder.path / name for path, name in names.items()}
 
 
 def output_names(args) -> set[str]:
@@ -465,13 +517,16 @@ def write_final_files(output_dir: Path, paths: list[str], scored: list[str], rec
     for group in GROUPS:
         write_score_file(output_dir / f"GraFIQs_{group}.txt", ((shown[p], records[p]["scores"][group]) for p in scored))
     label_columns = ["identity", "role", "degradation", "severity"] if labels is not None else []
+    landmark_columns = LANDMARK_COLUMNS if aligning(args) else []
     write_csv(
         output_dir / "scores.csv",
-        ["path", *GROUPS, "bns_loss", "quality", "resized", "status", *label_columns],
+        ["path", *GROUPS, "bns_loss", "quality", "resized", "status", *landmark_columns, *label_columns],
         (
             [shown[p], *(records[p]["scores"][g] for g in GROUPS), records[p]["bns_loss"],
              quality_from_magnitude(records[p]["scores"][args.quality_group]), int(records[p].get("resized", False)),
              records[p].get("status", "ok"),
+             *([*records[p].get("landmarks", [math.nan] * 10), records[p].get("confidence", math.nan)]
+               if landmark_columns else []),
              *(labels.rows[Path(p).name][c] for c in label_columns)]
             for p in scored
         ),
@@ -508,7 +563,8 @@ def print_summary(summary: dict, args, output_dir: Path) -> None:
         examples = ", ".join(summary["resized"][:3])
         print(
             f"warning: {len(summary['resized'])} images were not 112x112 and were resized (e.g. {examples}); GraFIQs "
-            "expects aligned 112x112 face crops, and a resized full photo scores nonsense",
+            "expects aligned 112x112 face crops, and a resized full photo scores nonsense: add --align to detect "
+            "and align faces (or --landmarks FILE)",
             file=sys.stderr,
         )
     if summary["not_finite"]:

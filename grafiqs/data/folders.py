@@ -5,11 +5,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from grafiqs.data.decode import INPUT_SIZE, decode_image, read_file_bytes, to_model_tensor
-from grafiqs.data.score_files import name_problem, printable_path
+from grafiqs.data.score_files import atomic_write_bytes, name_problem, printable_path
 from grafiqs.errors import GrafiqsError, ImageError, InputError
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff")
@@ -73,13 +74,18 @@ class ImageFileDataset(Dataset):
     """Item i: image i as a uint8 3x112x112 tensor with its original size, or the reason it is unusable.
 
     A bad file never raises here: it comes back with `error` set so the run goes on
-    and the writer can name it.
+    and the writer can name it. With an `aligner` (grafiqs.data.align.FaceAligner) the decoded
+    photo is first aligned to the ArcFace 112x112 crop, and the item carries the five landmarks
+    and the detection confidence; `save_aligned` maps a path to the PNG file its crop is saved to.
     """
 
-    def __init__(self, paths: Sequence[str], bgr2rgb: bool = False, size: int = INPUT_SIZE):
+    def __init__(self, paths: Sequence[str], bgr2rgb: bool = False, size: int = INPUT_SIZE, aligner=None,
+                 save_aligned: dict[str, Path] | None = None):
         self.paths = list(paths)
         self.bgr2rgb = bgr2rgb
         self.size = size
+        self.aligner = aligner
+        self.save_aligned = save_aligned or {}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -94,11 +100,19 @@ class ImageFileDataset(Dataset):
                 raise ImageError(f"{printable_path(path)}: not scored: {problem} (score files hold one path per line); "
                                  "rename the file")
             data, info = read_file_bytes(path)
-            image = decode_image(data, self.bgr2rgb, source=path)
+            image = decode_image(data, source=path)  # BGR, as cv2.imread
+            alignment = {}
+            if self.aligner is not None:
+                image, landmarks, confidence = self.aligner(image, source=path)
+                alignment = {"landmarks": landmarks.reshape(-1).tolist(), "confidence": confidence}
+                if path in self.save_aligned:
+                    atomic_write_bytes(self.save_aligned[path], cv2.imencode(".png", image)[1].tobytes())
         except GrafiqsError as error:
             return {"index": index, "image": None, "error": str(error), "shape": None, "file": None}
+        if self.bgr2rgb:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return {"index": index, "image": to_model_tensor(image, self.size), "error": "", "shape": image.shape[:2],
-                "file": file_identity(info)}
+                "file": file_identity(info), **alignment}
 
 
 def file_identity(info: os.stat_result) -> list[int]:
@@ -114,6 +128,7 @@ def collate_images(items: list[dict]) -> dict:
         "image": torch.stack([item["image"] for item in good]) if good else torch.empty(0, 3, 0, 0, dtype=torch.uint8),
         "resized": torch.tensor([tuple(item["shape"]) != tuple(item["image"].shape[1:]) for item in good], dtype=torch.bool),
         "file": [item["file"] for item in good],
+        "alignment": [{key: item[key] for key in ("landmarks", "confidence") if key in item} for item in good],
         "errors": [(item["index"], item["error"]) for item in items if item["error"]],
     }
 

@@ -64,7 +64,7 @@ class ResultLogWriter(BasePredictionWriter):
         for row, index in enumerate(prediction["index"].tolist()):
             scores = {group: float(values[row]) for group, values in prediction["scores"].items()}
             record = {"path": self.paths[index], "run": self.run, "file": batch["file"][row], "scores": scores,
-                      "bns_loss": float(prediction["bns_loss"][row])}
+                      "bns_loss": float(prediction["bns_loss"][row]), **batch["alignment"][row]}
             if prediction["resized"][row]:
                 record["resized"] = True
             if int(prediction["status"][row]) != STATUS_OK:
