@@ -40,7 +40,8 @@ def small_ablation(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
     config = {
         "name": "notebook", "output_dir": str(out), "weights": str(Path(__file__).resolve().parents[1] / "grafiqs/assets/demo_iresnet.ckpt"),
-        "data": {"kind": "synthetic", "num_identities": 8, "kinds": ["blur", "occlusion", "dark"], "severities": [0, 2, 3]},
+        "data": {"kind": "synthetic",
+                 "synthetic": {"num_identities": 8, "kinds": ["blur", "occlusion", "dark"], "severities": [0, 2, 3]}},
         "variants": {"losses": [{"terms": ["mean+var", "mean", "var"]}], "aggregations": ["l1"]},
         "evaluation": {"fmrs": [1e-2], "limits": [0.3], "crfiqa_erc": False},
         "batch_size": 16, "num_workers": 0, "wandb": {"mode": "disabled"},
