@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import add_row, machine
+from results import report
 
 SECTION = "Detection and alignment"
 
@@ -94,12 +94,7 @@ def main() -> None:
         f"read {args.ijbc_lines} landmark lines": f"{landmarks_file_seconds(args.ijbc_lines):.1f} s",
         "device": f"{args.device}, {torch.get_num_threads()} threads",
     }
-    for key, value in row.items():
-        print(f"{key:>28}: {value}")
-    if args.record:
-        command = "python benchmarks/bench_align.py " + " ".join(sys.argv[1:])
-        add_row(SECTION, [*row, "command", "machine"],
-                [*row.values(), f"`{command}`", f"{machine()}, torch {torch.__version__}; load avg {load:.1f}"])
+    report(SECTION, row, args.record, "bench_align.py", sys.argv[1:], f"; load avg {load:.1f}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import add_row, machine
+from results import report
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -169,12 +169,7 @@ def main() -> None:
         "peak RSS": f"{peak_rss_mb:.0f} MB",
         "start-up": f"import {imported:.1f} s, build {built:.1f} s" + (f", compile {warm_up:.0f} s" if args.compile else ""),
     }
-    for key, value in row.items():
-        print(f"{key:>18}: {value}")
-    if args.record:
-        command = "python benchmarks/bench_scorer.py " + " ".join(sys.argv[1:])
-        add_row(SECTION, [*row, "command", "machine"],
-                [*row.values(), f"`{command}`", f"{machine()}, torch {torch.__version__}"])
+    report(SECTION, row, args.record, "bench_scorer.py", sys.argv[1:])
 
 
 if __name__ == "__main__":

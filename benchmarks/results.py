@@ -26,3 +26,16 @@ def machine() -> str:
     """CPU model and core count, for the tables' machine column."""
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     return f"{model}, {os.cpu_count()} cores"
+
+
+def report(section: str, row: dict[str, str], record: bool, script: str, argv: list[str], machine_note: str = "") -> None:
+    """Print `row` and, with `record`, append it with the command and the machine to `section`."""
+    width = max(len(key) for key in row)
+    for key, value in row.items():
+        print(f"{key:>{width}}: {value}")
+    if record:
+        import torch
+
+        command = f"python benchmarks/{script} " + " ".join(argv)
+        add_row(section, [*row, "command", "machine"],
+                [*row.values(), f"`{command}`", f"{machine()}, torch {torch.__version__}{machine_note}"])
