@@ -25,6 +25,18 @@ def test_library_api_matches_golden(golden_model, golden_expected, mode, batch_s
             assert result.embedding.shape == (len(result.bns_loss), 512)
 
 
+def test_asked_groups_alone_match_golden(golden_model, golden_expected):
+    """Groups without the image start the autograd graph at the earliest asked stage: same numbers."""
+    names = golden_expected["meta"]["scored_images"][:7]
+    images = torch.stack([to_model_tensor(read_image(GOLDEN / "images" / n)) for n in names])
+    result = GraFIQsScorer(golden_model, groups=("block4", "block2"))(normalize(images))
+    assert list(result.scores) == ["block4", "block2"]
+    for row, name in enumerate(names):
+        for group in result.scores:
+            expected = golden_expected["scores"]["bgr"][name][group]
+            assert_close_to_golden(result.scores[group][row].item(), expected, f"bgr {name} {group}")
+
+
 @pytest.mark.parametrize("mode", ["bgr", "rgb"])
 @pytest.mark.parametrize("batch_size", [1, 7])
 def test_score_cli_matches_golden(golden_images, golden_weights, golden_expected, tmp_path, mode, batch_size):

@@ -34,7 +34,7 @@ def test_batch_equals_per_image_reference(images, channels_last):
 def test_subset_of_groups_and_unknown_group(images):
     result = GraFIQsScorer(tiny_iresnet(), groups=("block2",))(images)
     assert list(result.scores) == ["block2"]
-    with pytest.raises(ValueError, match="unknown gradient groups"):
+    with pytest.raises(ValueError, match="unknown gradient group"):
         GraFIQsScorer(tiny_iresnet(), groups=("weights",))
 
 

@@ -99,6 +99,8 @@ class AblationConfig:
     comparison_model: Optional[ModelConfig] = None  # cross-model: its embeddings judge the pairs
     batch_size: int = 32
     num_workers: int = 1
+    precision: Literal["32", "bf16"] = "32"  # bf16: the activation pass under bfloat16 autocast (as score.py's)
+    compile: bool = False  # torch.compile the activation pass's stages (as score.py --compile on)
     seed: int = 0
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -166,7 +168,7 @@ def load_data(config: AblationConfig) -> AblationData:
     return AblationData(vset, None, None)
 
 
-def build_scorer(model, variants: VariantsConfig):
+def build_scorer(model, variants: VariantsConfig, precision: str = "32", compile: bool = False):
     """VariantScorer from the `variants` section: loss grids x groups x aggregations (+ weight groups)."""
     from grafiqs.quality.discrepancy import OFFICIAL_LOSS, parse_loss_variant
     from grafiqs.quality.groups import VariantScorer, loss_grid
@@ -179,6 +181,8 @@ def build_scorer(model, variants: VariantsConfig):
         aggregations=variants.aggregations,
         param_chunk_size=variants.param_chunk_size,
         parameter_losses=[parse_loss_variant(t) for t in named] if named is not None else [OFFICIAL_LOSS],
+        precision=precision,
+        compile=compile,
     )
 
 
@@ -190,7 +194,7 @@ def score_variants(config: AblationConfig, data: AblationData, model, bgr2rgb: b
     from grafiqs.data.verification import VerificationImages
     from grafiqs.lit.quality_module import VariantModule
 
-    scorer = build_scorer(model, config.variants)
+    scorer = build_scorer(model, config.variants, config.precision, config.compile)
     comparison, swap = None, False
     if config.comparison_model is not None:
         comparison, comparison_rgb = load_model(config.comparison_model)

@@ -17,10 +17,10 @@ class GraFIQsModule(L.LightningModule):
     """
 
     def __init__(self, backbone: nn.Module, groups: tuple[str, ...] = GROUPS, precision: str = "32",
-                 return_embeddings: bool = False, compile: bool = False):
+                 return_embeddings: bool = False, compile: bool = False, channels_last: bool = False):
         super().__init__()
         self.backbone = backbone
-        self.scorer = GraFIQsScorer(backbone, groups, precision=precision, compile=compile)
+        self.scorer = GraFIQsScorer(backbone, groups, precision=precision, channels_last=channels_last, compile=compile)
         self.return_embeddings = return_embeddings
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
@@ -46,6 +46,7 @@ class VariantModule(L.LightningModule):
     Batches are `(index, uint8 image)` from `VerificationImages`. `comparison` is an optional
     second network whose embeddings judge the pairs (the cross-model setting); without it the
     scored network's own embedding from the same forward pass is used (same-model setting).
+    Precision, compile and channels_last are the scorer's (`VariantScorer(..., precision=...)`).
     """
 
     def __init__(self, scorer, comparison: nn.Module | None = None, swap_channels: bool = False):
@@ -63,7 +64,8 @@ class VariantModule(L.LightningModule):
         prediction = {
             "index": indices.cpu(),
             "columns": {name: values.detach().cpu() for name, values in result.columns.items()},
-            "embedding": result.embedding.float().cpu(),
+            "status": result.status.cpu(),
+            "embedding": result.embedding.cpu(),
             "seconds": result.seconds,
         }
         if self.comparison is not None:

@@ -1,17 +1,24 @@
-"""GraFIQs ablation engine: many score variants (loss x gradient group x aggregation) per batch.
+"""The GraFIQs scoring engine: score variants (loss x gradient group x aggregation) of a batch.
 
     scorer = VariantScorer(model, loss_grid(terms=["mean", "var", "mean+var"]),
                            groups=ACTIVATION_GROUPS + ("params:layer3",), aggregations=AGGREGATIONS)
     result = scorer(images)      # normalised [B, 3, 112, 112]
     result.columns["loss=mean+var,dist=mse,layers=all|group=image|agg=l1"]   # == GraFIQsScorer "image"
 
+The official score (`GraFIQsScorer`, score.py) is this engine with the official loss, the
+activation groups and `l1`; ablations and benchmarks get the same speed options (bf16,
+compile, channels_last) and the same per-sample status.
+
 A column is `f"{loss.name}|group={group}|agg={agg}"` (see `Variant`, `parse_variant`), plus
-`f"{loss.name}|bns_loss"`, the loss value itself.
+`loss_column(loss)` = `f"{loss.name}|bns_loss"`, the loss value itself.
 
 Gradient groups: what the loss is differentiated against, per sample.
     image, block1..block4   activations (official): the input and the four stage outputs. The
                             loss of a batch is a sum of independent per-sample losses, so one
-                            `autograd.grad` of the sum gives every sample's own gradient.
+                            `autograd.grad` of the sum gives every sample's own gradient. Only
+                            the requested ones are computed: the autograd graph starts at the
+                            earliest requested tensor, so block4 alone skips the backward
+                            through the stem and layer1..layer4.
     params:stem             conv1, bn1, prelu weights     \\ per-sample gradients of the weights,
     params:layer1..layer4   all parameters of that stage   | which the paper's abstract speaks
     params:fc               fc weight and bias            /  of. Weights are shared by the batch,
@@ -33,9 +40,10 @@ from __future__ import annotations
 
 import itertools
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -62,6 +70,15 @@ PARAMETER_PREFIXES = {
     "params:stem": ("conv1.", "bn1.", "prelu."),
     **{f"params:layer{k}": (f"layer{k}.",) for k in range(1, 5)},
     "params:fc": ("fc.",),
+}
+PRECISIONS = ("32", "bf16")
+# Why a sample has no score (scores.csv `status`); checked in this order, the first that applies wins.
+STATUS_OK, STATUS_INPUT, STATUS_LOSS, STATUS_GRADIENT = 0, 1, 2, 3
+STATUS_MESSAGES = {
+    STATUS_OK: "ok",
+    STATUS_INPUT: "nan: the input image holds NaN/Inf values",
+    STATUS_LOSS: "nan: the BNS loss is not finite (NaN/Inf activations; check the weights)",
+    STATUS_GRADIENT: "nan: a gradient is not finite (overflow; try --precision 32)",
 }
 
 
@@ -150,15 +167,40 @@ def variant_grid(
     return [Variant(l, g, a) for l, g, a in itertools.product(losses, groups, aggregations)]
 
 
+def loss_column(loss: LossVariant) -> str:
+    """Name of the column that holds the loss value itself."""
+    return f"{loss.name}|bns_loss"
+
+
+def numeric_status(
+    images: torch.Tensor, losses: Iterable[torch.Tensor], scores: Iterable[torch.Tensor]
+) -> torch.Tensor:
+    """Per-sample status code: why (if at all) the sample's scores cannot be trusted."""
+    losses, scores = list(losses), list(scores)
+    status = torch.full_like(losses[0], STATUS_GRADIENT, dtype=torch.int64)
+    status[torch.stack([torch.isfinite(v) for v in scores]).all(0)] = STATUS_OK
+    status[~torch.stack([torch.isfinite(v) for v in losses]).all(0)] = STATUS_LOSS
+    status[~torch.isfinite(images.flatten(1)).all(1)] = STATUS_INPUT
+    return status
+
+
+def _output_as_leaf(stage: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`stage` whose output starts the autograd graph: nothing before it is recorded for the backward."""
+    return lambda x: stage(x).detach().requires_grad_(True)
+
+
 @dataclass
 class VariantScores:
-    columns: dict[str, torch.Tensor]  # column name -> [B]
-    embedding: torch.Tensor  # [B, D] from the single batched forward
+    columns: dict[str, torch.Tensor]  # column name -> [B]; a sample whose status is not ok has NaN gradient columns
+    embedding: torch.Tensor  # [B, D] float32, from the single batched forward
+    status: torch.Tensor  # [B] int codes, see STATUS_MESSAGES: 0 ok, else why its gradient columns are NaN
     seconds: dict[str, float] = field(default_factory=dict)  # time of the activation / parameter passes
+    # f"{loss.name}|group={group}" -> dL/d(group) of the activation groups, with keep_gradients=True
+    gradients: dict[str, torch.Tensor] | None = None
 
 
 class VariantScorer:
-    """Computes every (loss variant x group x aggregation) column of a batch.
+    """Computes every (loss variant x group x aggregation) column of a batch, and each sample's status.
 
     Activation groups: ONE batched forward with BN pre-hooks records the statistics every
     loss variant needs; then one `autograd.grad` per loss variant (graph retained except for
@@ -167,6 +209,20 @@ class VariantScorer:
     their aggregates inside the vmapped function, so only a chunk's gradients live at once
     (memory ~ chunk x parameters of the requested groups). A gradient that does not depend on
     the loss (e.g. block4 under layers=stem) is exactly zero, not an error.
+
+    `precision="32"` is exact (the default). `precision="bf16"` runs the convolutions of the
+    activation pass under bfloat16 autocast, an opt-in approximation whose rank fidelity is
+    measured in benchmarks/RESULTS.md; the statistics and the losses stay in float32 either way.
+    The parameter pass always runs in float32 (batch_norm under vmap rejects bf16 inputs).
+    `channels_last` changes only the memory layout, not the numbers. `compile=True` runs the
+    four stages of the activation pass through `torch.compile` (fused elementwise work, same
+    float32 math up to rounding: within 1e-4 relative of the eager scores); the first batch pays
+    the compilation (about 85 s for iresnet50 on 2 cores, ~20 s once inductor's cache holds it),
+    and a batch smaller than the largest so far is zero-padded to it, so nothing recompiles.
+    A sample with a non-finite input, loss or gradient gets NaN in every gradient column and a
+    status code saying why (never a silent number).
+    On Linux CPUs, `grafiqs.allocator.retain_freed_memory()` (which score.py calls) makes
+    batches 1.1-1.2x faster.
     """
 
     def __init__(
@@ -177,6 +233,10 @@ class VariantScorer:
         aggregations: Iterable[str] = ("l1",),
         param_chunk_size: int | None = 4,
         parameter_losses: Iterable[LossVariant] | None = None,
+        *,
+        precision: str = "32",
+        channels_last: bool = False,
+        compile: bool = False,
     ):
         self.loss_variants = tuple(dict.fromkeys(loss_variants))
         # The per-sample weight pass costs about a per-image loop per loss: a grid may restrict it.
@@ -188,8 +248,13 @@ class VariantScorer:
             raise VariantError("give at least one loss variant")
         for group, aggregation in itertools.product(self.groups, self.aggregations):
             Variant(OFFICIAL_LOSS, group, aggregation)  # validates both names
+        if precision not in PRECISIONS:
+            raise VariantError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        self.precision = precision
         self.model = model.eval().requires_grad_(False)  # no weight-gradient work in the activation pass
-        self.statistics = BNInputStatistics(model)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.statistics = BNInputStatistics(model, persistent=compile)
         for loss in self.loss_variants + self.parameter_losses:
             loss.select(self.statistics.layers)  # fail now, not mid-batch, on a layer set the model lacks
         self.activation_groups = [g for g in self.groups if g in ACTIVATION_GROUPS]
@@ -202,6 +267,16 @@ class VariantScorer:
             if not names:
                 raise VariantError(f"{group} matches no parameter of this model")
             self.group_parameters[group] = names
+        # torch.compile of each stage fuses the BN, PReLU and statistics passes with their backward; the
+        # stage boundaries stay autograd edges, so their outputs can still be differentiated.
+        self.stages = [torch.compile(s, dynamic=False) for s in model.stages()] if compile else list(model.stages())
+        # compiled stages: a batch smaller than the largest one so far is zero-padded to it, so nothing recompiles
+        self.compiled_batch: int | None = 0 if compile else None
+        # Record the graph only from the earliest requested tensor on: autograd then has nothing earlier to go through.
+        first = min((ACTIVATION_GROUPS.index(g) for g in self.activation_groups), default=len(ACTIVATION_GROUPS))
+        self.image_requires_grad = first == 0
+        if 0 < first < len(ACTIVATION_GROUPS):
+            self.stages[first - 1] = _output_as_leaf(self.stages[first - 1])
 
     @cached_property
     def columns(self) -> list[str]:
@@ -209,39 +284,71 @@ class VariantScorer:
         for loss in self.all_losses:
             groups = (self.activation_groups if loss in self.loss_variants else []) + (
                 self.parameter_groups if loss in self.parameter_losses else [])
-            names += [f"{loss.name}|bns_loss", *(v.name for v in variant_grid([loss], groups, self.aggregations))]
+            names += [loss_column(loss), *(v.name for v in variant_grid([loss], groups, self.aggregations))]
         return names
 
-    def __call__(self, images: torch.Tensor) -> VariantScores:
+    def __call__(self, images: torch.Tensor, keep_gradients: bool = False) -> VariantScores:
+        """Columns of normalised images [B, 3, H, W]; `keep_gradients` also returns the activation gradients."""
         start = time.perf_counter()
-        columns, embedding = self._activation_pass(images)
+        columns, embedding, gradients = self._activation_pass(images, keep_gradients)
         seconds = {"activation_pass": time.perf_counter() - start}
         if self.parameter_groups:
             start = time.perf_counter()
             columns.update(self._parameter_pass(images))
             seconds["parameter_pass"] = time.perf_counter() - start
-        return VariantScores({name: columns[name] for name in self.columns}, embedding, seconds)
+        losses = {loss_column(loss) for loss in self.all_losses}
+        scores = [name for name in self.columns if name not in losses]
+        status = numeric_status(images.detach(), [columns[n] for n in losses], [columns[n] for n in scores])
+        invalid = status != STATUS_OK
+        if invalid.any():  # every gradient column of such a sample becomes NaN; its loss values stay as they are
+            columns.update({n: columns[n].masked_fill(invalid, float("nan")) for n in scores})
+        return VariantScores({name: columns[name] for name in self.columns}, embedding, status, seconds,
+                             gradients if keep_gradients else None)
 
-    def _activation_pass(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        columns = {}
+    def _autocast(self, device: torch.device):
+        if self.precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _pad(self, images: torch.Tensor) -> torch.Tensor:
+        """Zero images up to the compiled batch size; samples are independent in eval mode, so
+        padding changes no real sample's numbers."""
+        if self.compiled_batch is None:
+            return images
+        self.compiled_batch = max(self.compiled_batch, images.shape[0])
+        missing = self.compiled_batch - images.shape[0]
+        return torch.cat([images, images.new_zeros((missing, *images.shape[1:]))]) if missing else images
+
+    def _activation_pass(
+        self, images: torch.Tensor, keep_gradients: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        count = images.shape[0]
+        columns, kept = {}, {}
         with torch.enable_grad():
-            images = images.detach().requires_grad_(bool(self.activation_groups))
-            with self.statistics.record() as sample_statistics:
-                embedding, stage_outputs = self.model.forward_stages(images)
+            images = self._pad(images.detach()).contiguous(memory_format=self.memory_format)
+            images.requires_grad_(self.image_requires_grad)
+            with self.statistics.record() as sample_statistics, self._autocast(images.device):
+                embedding, stage_outputs = self.model.forward_stages(images, self.stages)
             running = self.statistics.running()
             differentiated = {"image": images, **stage_outputs}
             inputs = [differentiated[g] for g in self.activation_groups]
             for index, loss_variant in enumerate(self.all_losses):
                 loss = loss_variant(sample_statistics, running)
-                columns[f"{loss_variant.name}|bns_loss"] = loss.detach()
+                columns[loss_column(loss_variant)] = loss.detach()[:count]
                 if not inputs or loss_variant not in self.loss_variants:
                     continue
-                last = index == len(self.loss_variants) - 1
-                gradients = torch.autograd.grad(loss.sum(), inputs, retain_graph=not last, materialize_grads=True)
+                if loss.requires_grad:
+                    last = index == len(self.loss_variants) - 1
+                    gradients = torch.autograd.grad(loss.sum(), inputs, retain_graph=not last, materialize_grads=True)
+                else:  # the loss reads only layers before the earliest requested group (e.g. layers=stem, block4)
+                    gradients = [torch.zeros_like(tensor) for tensor in inputs]
                 for group, gradient in zip(self.activation_groups, gradients):
+                    gradient = gradient[:count]
+                    if keep_gradients:
+                        kept[f"{loss_variant.name}|group={group}"] = gradient
                     for aggregation in self.aggregations:
                         columns[Variant(loss_variant, group, aggregation).name] = aggregate([gradient], aggregation)
-        return columns, embedding.detach()
+        return columns, embedding.detach()[:count].float(), kept
 
     def _parameter_pass(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sample weight gradients: vmap over samples of one functional forward + a vjp per loss."""
