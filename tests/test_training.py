@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from grafiqs.data.datamodules import (
     ImageFolderDataModule,
+    ImageFolderFaces,
     RecordIODataModule,
     SyntheticFacesDataModule,
     build_augmentations,
@@ -25,6 +27,7 @@ from grafiqs.errors import InputError
 from grafiqs.lit.callbacks import BNRecalibration, ExportBackbone, batchnorm_layers
 from grafiqs.lit.fr_module import (
     FaceRecognitionModule,
+    RunLengthLambdaLR,
     WarmupSchedule,
     best_threshold_accuracy,
     kfold_accuracy,
@@ -92,6 +95,50 @@ def test_margins_lower_the_target_logit_and_stay_monotonic_past_pi():
     assert torch.isfinite(cosines.grad).all()
 
 
+def arcface_torch_logits(embeddings, weight, labels, s, m):
+    """arcface_torch's published ArcFace (CombinedMarginLoss with m1=1, m3=0): cosines clamped to
+    [-1, 1], the target entry replaced by cos(arccos(cos) + m) under no_grad, then scaled by s."""
+    logits = F.linear(F.normalize(embeddings), F.normalize(weight)).clamp(-1, 1)
+    rows = torch.arange(len(labels))
+    with torch.no_grad():
+        logits[rows, labels] = torch.cos(torch.acos(logits[rows, labels]) + m)
+    return logits * s
+
+
+def test_straight_through_arcface_has_arcface_torchs_gradient_and_exact_differs():
+    torch.manual_seed(0)
+    x, labels, weight = torch.randn(16, 32), torch.randint(0, 10, (16,)), torch.randn(10, 32)
+    gradients = {}
+    for name in ("reference", "straight_through", "exact"):
+        inputs, centres = x.clone().requires_grad_(), torch.nn.Parameter(weight.clone())
+        if name == "reference":
+            logits = arcface_torch_logits(inputs, centres, labels, s=64.0, m=0.5)
+        else:
+            head = ArcFaceHead(32, 10, s=64.0, m=0.5, margin_grad=name)
+            head.weight = centres
+            logits = head(inputs, labels)
+        F.cross_entropy(logits, labels).backward()
+        gradients[name] = (logits.detach(), inputs.grad, centres.grad)
+    for ours, reference in zip(gradients["straight_through"], gradients["reference"]):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gradients["exact"][0], gradients["reference"][0], rtol=1e-5, atol=1e-5)  # same logits
+    assert not torch.allclose(gradients["exact"][1], gradients["reference"][1], rtol=1e-2)  # other gradient
+
+
+def test_fp32_head_keeps_the_class_matmul_in_float32_under_autocast():
+    torch.manual_seed(0)
+    x, weight = torch.randn(8, 64), torch.randn(50, 64)
+    results = {}
+    for fp32 in (False, True):
+        head = ArcFaceHead(64, 50, fp32=fp32)
+        head.weight = torch.nn.Parameter(weight.clone())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results[fp32] = head.cosine(x)
+    reference = F.linear(F.normalize(x), F.normalize(weight))
+    torch.testing.assert_close(results[True], reference)
+    assert (results[False] - reference).abs().max() > 1e-3  # bf16 matmul
+
+
 def test_margin_presets_and_conflicts():
     assert resolve_margins("arcface") == (1.0, 0.5, 0.0)
     assert resolve_margins("cosface", m3=0.4) == (1.0, 0.0, 0.4)
@@ -130,6 +177,26 @@ def test_warmup_then_poly_and_cosine():
     assert poly(4) == 1.0 and poly(9) == pytest.approx(0.25) and poly(14) == 0.0
     cosine = WarmupSchedule(0, 10, "cosine", min_ratio=0.1)
     assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.55) and cosine(10) == pytest.approx(0.1)
+    linear = WarmupSchedule(0, 10, "poly", power=1.0)  # arcface_torch's PolynomialLRWarmup
+    assert linear(5) == pytest.approx(0.5) and linear(9) == pytest.approx(0.1)
+
+
+def test_a_restored_schedule_keeps_its_position_but_takes_the_new_horizon():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    old = torch.optim.SGD([parameter], lr=0.1)
+    old_schedule = RunLengthLambdaLR(old, WarmupSchedule(0, 4, "poly", power=1.0))
+    for _ in range(4):
+        old.step()
+        old_schedule.step()
+    assert old.param_groups[0]["lr"] == 0.0  # the end of the 4-step run
+    new = torch.optim.SGD([parameter], lr=0.1)
+    new.load_state_dict(old.state_dict())
+    schedule = RunLengthLambdaLR(new, WarmupSchedule(0, 8, "poly", power=1.0))
+    schedule.load_state_dict(old_schedule.state_dict())
+    assert schedule.last_epoch == 4 and new.param_groups[0]["lr"] == pytest.approx(0.05)
+    new.step()
+    schedule.step()
+    assert new.param_groups[0]["lr"] == pytest.approx(0.0375)
 
 
 # --------------------------------------------------------------------------- data modules
@@ -203,6 +270,39 @@ def test_recordio_datamodule_serves_rgb_batches_and_bin_validation(tmp_path):
     assert val_images[0, 2, 2, 2] > 200  # .bin images follow the same RGB order
 
 
+def test_image_folder_index_is_built_once_and_reused(tmp_path):
+    _write_faces(tmp_path / "train", identities=2, per_identity=2)
+    index = tmp_path / "cache" / "index.npz"
+    first = ImageFolderFaces(tmp_path / "train", index_file=index)
+    assert index.exists() and len(first) == 4 and first.classes == ["person_0", "person_1"]
+    cv2.imwrite(str(tmp_path / "train" / "person_1" / "late.png"), np.zeros((112, 112, 3), np.uint8))
+    again = ImageFolderFaces(tmp_path / "train", index_file=index)  # read from the index, not listed again
+    assert len(again) == 4 and again[3][1] == 1 and again[3][0].shape == (120, 100, 3)
+    assert len(ImageFolderFaces(tmp_path / "train")) == 5
+    with pytest.raises(InputError, match="delete it or give another index_file"):
+        ImageFolderFaces(tmp_path / "train", extensions="jpg", index_file=index)
+
+
+def test_training_loader_continues_from_its_saved_position():
+    dm = SyntheticFacesDataModule(num_identities=12, images_per_identity=1, batch_size=2, num_workers=0, val_identities=0)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(3)
+    epoch = [labels.tolist() for _, labels in loader]
+    assert len(epoch) == 6 and sorted(sum(epoch, [])) == list(range(12))
+    iterator = iter(loader)
+    for _ in range(4):
+        next(iterator)
+    saved = dm.state_dict()
+    assert saved["train_loader"] == {"epoch": 3, "batches": 4, "batch_size": 2, "num_replicas": 1, "num_samples": 12}
+    resumed = SyntheticFacesDataModule(num_identities=12, images_per_identity=1, batch_size=2, num_workers=0, val_identities=0)
+    resumed.load_state_dict(saved)
+    loader = resumed.train_dataloader()
+    assert len(loader) == 6  # Lightning counts the resumed epoch from its start
+    loader.sampler.set_epoch(3)
+    assert [labels.tolist() for _, labels in loader] == epoch[4:]
+    assert [labels.tolist() for _, labels in loader] == epoch  # the next pass is whole again
+
+
 # --------------------------------------------------------------------------- CLI smoke test
 
 
@@ -218,6 +318,32 @@ def test_synthetic_config_runs_under_fast_dev_run(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     assert "BNRecalibration" in done.stdout + done.stderr
     assert not (tmp_path / "backbone.pth").exists()  # fast_dev_run exports nothing
+
+
+def test_the_tensorboard_config_replaces_the_recipes_logger(capsys):
+    import train_fr
+
+    with pytest.raises(SystemExit) as exit_status:
+        train_fr.main(["fit", "--config", "configs/train_fr/synthetic.yaml", "--config", "configs/train_fr/logger_tensorboard.yaml",
+                       "--print_config"])
+    logger = yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]
+    assert exit_status.value.code in (0, None) and logger["class_path"] == "lightning.pytorch.loggers.TensorBoardLogger"
+    assert logger["init_args"]["save_dir"] == "outputs/train/tensorboard"
+
+
+def test_train_fr_reports_a_corrupt_bin_validation_set_in_one_line(tmp_path, capsys):
+    import train_fr
+
+    write_recordio(tmp_path / "rec", [(np.zeros((112, 112, 3), np.uint8), i // 2) for i in range(4)])
+    (tmp_path / "lfw.bin").write_bytes(b"\x80\x04not a pickle at all" * 20)
+    status = train_fr.main([
+        "fit", "--config", "configs/train_fr/synthetic.yaml", "--trainer.logger=false", "--trainer.callbacks=[]",
+        f"--trainer.default_root_dir={tmp_path}", "--data=grafiqs.data.datamodules.RecordIODataModule",
+        f"--data.root={tmp_path / 'rec'}", f"--data.val_sets=[{tmp_path / 'lfw.bin'}]", "--data.num_workers=0",
+    ])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and lines[-1].startswith("error: ") and "lfw.bin" in lines[-1]
+    assert not any("Traceback" in line for line in lines)
 
 
 # --------------------------------------------------------------------------- short real fit
@@ -304,7 +430,7 @@ def test_project_checkpoint_metadata_reads_back_with_weights_only(trained):
     assert meta["num_features"] == 32 and meta["colour_order"] == "bgr"
     assert meta["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert meta["bn_recalibration"]["num_batches"] == 3
-    assert raw["hyper_parameters"]["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert "normalization" not in raw["hyper_parameters"]  # only init arguments: train_fr.py --ckpt_path re-parses them
     assert read_checkpoint_metadata(out / "backbone.pth") is None
     reloaded = FaceRecognitionModule.load_from_checkpoint(out / "grafiqs.ckpt", map_location="cpu", weights_only=True)
     assert reloaded.bn_recalibration["num_batches"] == 3
@@ -354,6 +480,47 @@ def test_training_step_normalises_uint8_on_the_module():
         embedded = model.embed(images, flip=True)
     torch.testing.assert_close(embedded.norm(dim=1), torch.ones(2))
     assert F.cross_entropy(model.head(model(images), torch.tensor([0, 4])), torch.tensor([0, 4])) > 0
+
+
+def _clipped_gradients(clip_backbone_only: bool, max_norm: float) -> tuple[dict, dict]:
+    """(gradients before, after) configure_gradient_clipping of one tiny training step."""
+    torch.manual_seed(0)
+    model = FaceRecognitionModule(num_classes=5, clip_backbone_only=clip_backbone_only, **TINY)
+    images, labels = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8), torch.tensor([0, 1, 2, 3])
+    model.head.loss_and_accuracy(model(images), labels)[0].backward()
+    before = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.configure_gradient_clipping(None, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+    return before, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def total_norm(gradients) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in gradients])))
+
+
+def test_clip_backbone_only_leaves_the_head_gradient_alone():
+    before, after = _clipped_gradients(clip_backbone_only=True, max_norm=1e-3)
+    assert torch.equal(after["head.weight"], before["head.weight"])
+    assert total_norm(after[k] for k in after if k.startswith("backbone.")) == pytest.approx(1e-3, rel=1e-3)
+    before, after = _clipped_gradients(clip_backbone_only=False, max_norm=1e-3)  # Lightning's default: all together
+    scale = 1e-3 / (total_norm(before.values()) + 1e-6)
+    for key, value in after.items():
+        torch.testing.assert_close(value, before[key] * scale)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_bn_statistics():
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8), torch.tensor([0, 1, 2, 3])
+    plain = FaceRecognitionModule(num_classes=5, **TINY)
+    checkpointed = FaceRecognitionModule(num_classes=5, gradient_checkpointing=True, **TINY)
+    checkpointed.load_state_dict(plain.state_dict())
+    for model in (plain, checkpointed):
+        model.train()
+        model.head.loss_and_accuracy(model(images), labels)[0].backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
+        torch.testing.assert_close(b, a, msg=name)  # running statistics updated once, not again in the recomputation
 
 
 # --------------------------------------------------------------------------- DDP

@@ -19,10 +19,21 @@ worker would replay the same augmentation stream.
 `calibration_dataloader()` serves the training images *without* augmentation, in a fixed
 shuffled order, for the exact BatchNorm re-estimation that GraFIQs depends on
 (`grafiqs.lit.callbacks.BNRecalibration`).
+
+The training loader is resumable (`ResumableDataLoader` over a `ResumableSampler`): each rank
+draws its share of a permutation seeded with `seed_everything`'s seed + epoch, as Lightning's
+own DistributedSampler does, and a checkpoint written mid-epoch records how many batches of
+the epoch were served, so the resumed run continues with the next batch instead of replaying
+the epoch from its start. The position travels in the datamodule's state (`state_dict` /
+`load_state_dict`, restored before any loader exists): Lightning's own restore of stateful
+loaders is skipped when the loader was built before the checkpoint was loaded, which is what
+`estimated_stepping_batches` in `configure_optimizers` does for runs with `max_epochs`.
 """
 from __future__ import annotations
 
+import itertools
 import os
+import time
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +42,8 @@ from typing import Any, Callable, Sequence
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from grafiqs.data.decode import read_image, to_model_tensor
@@ -137,6 +150,70 @@ class TransformedDataset(Dataset):
         return self.transform(image), label
 
 
+# --------------------------------------------------------------------------- resumable training order
+
+
+class ResumableSampler(DistributedSampler):
+    """This rank's share of a per-epoch permutation (DistributedSampler), able to start part-way:
+    the next pass skips its first `skip` indices, later passes are whole. `len()` stays the whole
+    epoch, since Lightning counts the batches of a resumed epoch from its start."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return itertools.islice(super().__iter__(), skip, None)
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader with Lightning's stateful-loader interface (`state_dict` / `load_state_dict`).
+
+    The state is the epoch and the number of its batches handed to the training loop, counted
+    in the main process (not the indices the workers prefetched), which is exactly what the
+    loop has consumed when Lightning writes a checkpoint. A restored loader skips those batches.
+    Lightning saves the state with its fit loop and restores it when it builds the loader after
+    loading the checkpoint; `FaceDataModule` also carries it, for the other case.
+    """
+
+    sampler: ResumableSampler
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ResumableSampler):
+            raise TypeError("ResumableDataLoader needs a ResumableSampler")
+        self._position = (0, 0)  # (epoch, batches served in it)
+        self._resume: tuple[int, int] | None = None
+
+    def __iter__(self):
+        # A generator: the body runs at the first batch, after Lightning's set_epoch for this epoch.
+        epoch = self.sampler.epoch
+        resume, self._resume = self._resume, None
+        served = resume[1] if resume is not None and resume[0] == epoch else 0
+        self.sampler.skip = served * int(self.batch_size)
+        self._position = (epoch, served)
+        for batch in super().__iter__():
+            served += 1
+            self._position = (epoch, served)
+            yield batch
+
+    def _layout(self) -> dict:
+        return {"batch_size": int(self.batch_size), "num_replicas": int(self.sampler.num_replicas), "num_samples": len(self.dataset)}
+
+    def state_dict(self) -> dict:
+        epoch, served = self._position
+        return {"epoch": epoch, "batches": served, **self._layout()}
+
+    def load_state_dict(self, state: dict) -> None:
+        layout = {key: state.get(key) for key in self._layout()}
+        if layout != self._layout():
+            rank_zero_warn(f"the checkpoint's data order was made for {layout}, this run has {self._layout()}: "
+                           "the resumed epoch starts its data order from the beginning")
+            return
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+
+
 # --------------------------------------------------------------------------- verification sets
 
 
@@ -230,6 +307,8 @@ class FaceDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.augment = build_augmentations(self.augmentations, self.augmentation_seed)  # a bad spec fails here
         self._val_sets: list[PairImages] | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
 
     # -- to implement
     @property
@@ -270,8 +349,15 @@ class FaceDataModule(L.LightningDataModule):
         if stage in ("fit", "validate"):
             _ = self.val_sets  # build (and validate) the pair sets once, before the loops start
 
-    def _loader(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the training loader's position in its epoch."""
+        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_loader_state = state.get("train_loader")
+
+    def _loader(self, dataset: Dataset, batch_size: int, loader_class: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
+        return loader_class(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
@@ -284,8 +370,16 @@ class FaceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if len(self.train_dataset) < self.batch_size:
             raise InputError(f"{len(self.train_dataset)} training images, fewer than one batch of {self.batch_size}")
+        # Our own DistributedSampler subclass, so Lightning does not swap in its plain one.
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler = ResumableSampler(self.train_dataset, world_size, rank, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
         # drop_last: a last batch of one image breaks BatchNorm1d and skews the BN statistics.
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True, drop_last=True)
+        loader = self._loader(self.train_dataset, self.batch_size, ResumableDataLoader, sampler=sampler, drop_last=True)
+        if self._train_loader_state is not None:
+            loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(s, self.val_batch_size, shuffle=False) for s in self.val_sets]
@@ -391,29 +485,86 @@ class SyntheticFacesDataModule(FaceDataModule):
 # --------------------------------------------------------------------------- image folders
 
 
-class ImageFolderFaces(Dataset):
-    """`root/<identity>/<image>` -> (HxWx3 uint8 image, label); labels follow the sorted folder names."""
+INDEX_WAIT_S = 3600  # how long other ranks wait for rank 0 to list a large image folder
 
-    def __init__(self, root: str | Path, extensions: Sequence[str] | str | None = None, bgr2rgb: bool = False):
+
+def list_image_folder(root: Path, extensions: Sequence[str]) -> dict[str, np.ndarray]:
+    """The index of `root/<identity>/<image>`: sorted class names, relative paths (UTF-8 bytes), labels."""
+    wanted = set(extensions)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p.name for p in (root / name).iterdir() if p.is_file() and p.suffix.lstrip(".").lower() in wanted)
+        paths += [f"{name}/{file}".encode() for file in files]
+        labels += [label] * len(files)
+    return {
+        "root": np.array(str(root.resolve())),
+        "extensions": np.array(sorted(wanted)),
+        "classes": np.array(classes, dtype=str),
+        "paths": np.array(paths, dtype=bytes),
+        "labels": np.array(labels, dtype=np.int64),
+    }
+
+
+def load_image_folder_index(root: Path, extensions: Sequence[str], index_file: str | Path) -> dict[str, np.ndarray]:
+    """The folder's index from `index_file`, written there first by global rank 0 if missing.
+
+    Other ranks (torchrun, SLURM, Lightning's launcher) wait for the file instead of listing
+    the folder themselves, so `index_file` must be on a filesystem every node sees (or be
+    built beforehand). Written atomically; an index of another root or extensions is refused.
+    """
+    path = Path(index_file)
+    if not path.exists():
+        if rank_zero_only.rank == 0:
+            index = list_image_folder(root, extensions)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            with open(partial, "wb") as file:
+                np.savez(file, **index)
+            os.replace(partial, path)
+        else:
+            deadline = time.monotonic() + INDEX_WAIT_S
+            while not path.exists():
+                if time.monotonic() > deadline:
+                    raise InputError(f"waited {INDEX_WAIT_S} s for rank 0 to write the image index {path}; "
+                                     "build it beforehand or put it on a filesystem every node sees")
+                time.sleep(2)
+    with np.load(path, allow_pickle=False) as stored:
+        index = {key: stored[key] for key in stored.files}
+    built_for, wanted = (str(index["root"]), index["extensions"].tolist()), (str(root.resolve()), sorted(set(extensions)))
+    if built_for != wanted:
+        raise InputError(f"{path} indexes {built_for[0]} (extensions {built_for[1]}), not {wanted[0]} "
+                         f"(extensions {wanted[1]}): delete it or give another index_file")
+    return index
+
+
+class ImageFolderFaces(Dataset):
+    """`root/<identity>/<image>` -> (HxWx3 uint8 image, label); labels follow the sorted folder names.
+
+    The file list is kept in numpy arrays (no per-file Python objects to copy into forked
+    workers). With `index_file` it is read from that cached index instead of listing the
+    folder in every process (`load_image_folder_index`).
+    """
+
+    def __init__(self, root: str | Path, extensions: Sequence[str] | str | None = None, bgr2rgb: bool = False,
+                 index_file: str | Path | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError(f"training image folder not found: {root} (expected one sub-folder per identity)")
-        wanted = set(parse_extensions(extensions))
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        self.samples: list[tuple[str, int]] = []
-        for label, name in enumerate(self.classes):
-            files = sorted(p for p in (self.root / name).iterdir() if p.is_file() and p.suffix.lstrip(".").lower() in wanted)
-            self.samples += [(str(p), label) for p in files]
-        if not self.samples:
-            raise InputError(f"{root}: no images with extension {', '.join(sorted(wanted))} in identity sub-folders")
+        wanted = parse_extensions(extensions)
+        index = list_image_folder(self.root, wanted) if index_file is None else load_image_folder_index(self.root, wanted, index_file)
+        if not len(index["paths"]):
+            raise InputError(f"{root}: no images with extension {', '.join(sorted(set(wanted)))} in identity sub-folders")
+        self.classes = index["classes"].tolist()
+        self.paths, self.labels = index["paths"], index["labels"]
         self.bgr2rgb = bgr2rgb
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.paths)
 
     def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        return read_image(path, self.bgr2rgb), label
+        path = self.root / self.paths[index].decode()
+        return read_image(path, self.bgr2rgb), int(self.labels[index])
 
 
 class _RealDataModule(FaceDataModule):
@@ -440,7 +591,9 @@ class ImageFolderDataModule(_RealDataModule):
     """One folder per identity under `root` (e.g. an unpacked CASIA-WebFace of aligned 112x112 crops).
 
     Images are read with cv2 (BGR); `colour_order="rgb"` converts them. `val_sets`: paths of
-    `.bin` files, CR-FIQA pair-list folders or LFW `pairs.txt[::images_root]`.
+    `.bin` files, CR-FIQA pair-list folders or LFW `pairs.txt[::images_root]`. `index_file`: a
+    cached file list (`.npz`), built once by rank 0 and read by every other process; without
+    it every process lists the folder itself.
     """
 
     def __init__(
@@ -449,15 +602,17 @@ class ImageFolderDataModule(_RealDataModule):
         val_sets: list[str] | None = None,
         colour_order: str = "bgr",
         extensions: list[str] | None = None,
+        index_file: str | None = None,
         **loader_args: Any,
     ):
         """`loader_args`: those of FaceDataModule (batch_size, num_workers, augmentations, ...)."""
         super().__init__(colour_order, val_sets, **loader_args)
         self.root = str(root)
         self.extensions = extensions
+        self.index_file = index_file
 
     def _raw_train_dataset(self) -> Dataset:
-        return ImageFolderFaces(self.root, self.extensions, bgr2rgb=self.colour_order == "rgb")
+        return ImageFolderFaces(self.root, self.extensions, bgr2rgb=self.colour_order == "rgb", index_file=self.index_file)
 
     @property
     def num_classes(self) -> int:

@@ -6,8 +6,24 @@ statistics of a trained face-recognition network, so the project must be able to
 normalisation) and re-estimate their BN statistics exactly (`grafiqs.lit.callbacks`).
 
 Every init argument is a plain type, so LightningCLI / YAML configure the module and the
-hyper-parameters stored in checkpoints load with `torch.load(weights_only=True)`.
-Gradient clipping, mixed precision, DDP and SyncBatchNorm are Trainer flags (see the configs).
+hyper-parameters stored in checkpoints load with `torch.load(weights_only=True)` (and
+`train_fr.py --ckpt_path` can re-parse them: nothing but init arguments goes there).
+The gradient-clipping value, mixed precision, DDP and SyncBatchNorm are Trainer flags (see
+the configs); which parameters are clipped is `clip_backbone_only`.
+
+Resuming (`trainer.fit(..., ckpt_path=...)`): the LR schedule is rebuilt from the current
+run's length, only its position comes from the checkpoint (`RunLengthLambdaLR`), so a
+resume with a larger `max_steps`/`max_epochs` follows the new horizon. Checkpoints record
+every logger's `version` (the W&B run id) under `checkpoint["grafiqs_run"]`, which
+`train_fr.py` uses to continue the same runs.
+
+arcface_torch parity switches (defaults keep this project's earlier behaviour; the GPU recipes
+in configs/train_fr set arcface_torch's values): `margin_grad` ("exact" | "straight_through"),
+`poly_power` (2; arcface_torch's current PolynomialLRWarmup: 1), `clip_backbone_only`
+(False; arcface_torch: True), `fp32_head` (False; True runs the class-centre matmul in fp32
+under mixed precision). Scale: `head="partial_fc"` shards the class centres over the ranks
+(`grafiqs.models.partial_fc`), `gradient_checkpointing` recomputes each residual block in
+the backward pass instead of storing its activations.
 
 Validation: each validation dataloader serves the unique images of one verification pair set
 as (index, uint8 image). Embeddings (optionally the sum with the horizontally flipped image's,
@@ -24,6 +40,7 @@ DistributedSampler's padding are dropped by index). Per set:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Literal
@@ -31,17 +48,23 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from grafiqs.data.decode import INPUT_SIZE, NORMALIZATION, normalize
 from grafiqs.evaluation.edc import threshold_at_fmr
 from grafiqs.models.heads import build_head
-from grafiqs.models.iresnet import ARCHITECTURES, build_iresnet
+from grafiqs.models.iresnet import ARCHITECTURES, IResNet, build_iresnet
 from grafiqs.models.loading import METADATA_KEY
+from grafiqs.models.partial_fc import PartialFCHead
 
 FMR_TARGET = 1e-3
+RUN_KEY = "grafiqs_run"  # checkpoint entry: {"logger_versions": [...]} for resuming the same logger runs
 
 
 # --------------------------------------------------------------------------- verification metrics
@@ -164,6 +187,55 @@ class WarmupSchedule:
         return self.min_ratio + (1.0 - self.min_ratio) * decay
 
 
+class RunLengthLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR whose schedule always comes from the current run; a checkpoint restores only its position.
+
+    LambdaLR's state dict stores the attributes of a callable-object schedule, so plain loading
+    would bring back the horizon of the run that wrote the checkpoint: a resume with a larger
+    `max_steps` would then train at that run's final LR (0 for the poly decay). Here the step
+    count is restored and the optimizer's LR is set from this run's schedule at that step.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.lr_lambdas)})
+        self._last_lr = [base * schedule(self.last_epoch) for base, schedule in zip(self.base_lrs, self.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
+
+
+# --------------------------------------------------------------------------- gradient checkpointing
+
+
+@contextlib.contextmanager
+def _running_statistics_kept(module: torch.nn.Module):
+    """Undo the BN running-statistics update of a recomputation: the forward already counted this batch."""
+    layers = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in layers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, (mean, var, count) in zip(layers, saved):
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                bn.num_batches_tracked.copy_(count)
+
+
+def checkpointed_stages(backbone: IResNet) -> list:
+    """Stage callables for `IResNet.forward_stages` that keep only each residual block's input for
+    the backward pass and recompute the block there (gradient checkpointing, torch.utils.checkpoint)."""
+
+    def stage_forward(stage: torch.nn.Sequential):
+        def run(x: torch.Tensor) -> torch.Tensor:
+            for block in stage:
+                x = checkpoint(block, x, use_reentrant=False,
+                               context_fn=lambda block=block: (contextlib.nullcontext(), _running_statistics_kept(block)))
+            return x
+        return run
+
+    return [stage_forward(stage) for stage in backbone.stages()]
+
+
 # --------------------------------------------------------------------------- module
 
 
@@ -179,18 +251,31 @@ class FaceRecognitionModule(L.LightningModule):
         dropout: dropout before the embedding FC layer.
         margin: `arcface`, `cosface` or `combined`; `m1`, `m2`, `m3` override the preset's margins.
         s: logit scale.
+        head: `full` (one class matrix per process, DDP-averaged) or `partial_fc` (class centres
+            sharded over the ranks, distributed softmax; exact with `sample_rate` 1).
+        sample_rate: `partial_fc` only: share of each shard's classes per step (positives always kept).
+        margin_grad: `exact` (differentiate through the margin) or `straight_through` (arcface_torch:
+            margin added without gradient, d logit / d cos = s everywhere).
+        fp32_head: compute the class-centre matmul in float32 under mixed precision (arcface_torch's
+            PartialFC_V2 with fp16=False); default: autocast decides (half precision).
         optimizer: `sgd` (momentum, insightface) or `adamw`.
         lr: peak learning rate (after warm-up).
         momentum: SGD momentum.
         weight_decay: applied to every trainable parameter, as insightface does.
         warmup_epochs: linear warm-up length in epochs (fractions allowed), stepped per optimizer step.
         schedule: decay after warm-up, per step: `poly` ((1 - progress) ** poly_power) or `cosine`.
-        poly_power: exponent of the polynomial decay (insightface: 2).
+        poly_power: exponent of the polynomial decay (default 2, insightface's earlier PolyScheduler;
+            arcface_torch's current PolynomialLRWarmup: 1).
         min_lr_ratio: final learning rate as a fraction of `lr`.
         colour_order: channel order of the training images (`bgr` or `rgb`); linked from the
             datamodule and recorded in checkpoints, since a model only works with its own order.
         val_flip: add the embedding of the horizontally flipped image in validation (insightface).
         log_images: number of training images logged once to W&B (0 disables).
+        clip_backbone_only: the Trainer's `gradient_clip_val` limits the backbone's gradient only
+            (arcface_torch); default: backbone and head together (Lightning's behaviour). With a
+            sharded head the norm is taken over all ranks' shards.
+        gradient_checkpointing: recompute each residual block in the backward pass (less activation
+            memory for large batches / deep nets, about one extra forward of compute).
     """
 
     def __init__(
@@ -217,6 +302,12 @@ class FaceRecognitionModule(L.LightningModule):
         colour_order: Literal["bgr", "rgb"] = "bgr",
         val_flip: bool = True,
         log_images: int = 16,
+        head: Literal["full", "partial_fc"] = "full",
+        sample_rate: float = 1.0,
+        margin_grad: Literal["exact", "straight_through"] = "exact",
+        fp32_head: bool = False,
+        clip_backbone_only: bool = False,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         if arch == "custom" and layers is None:
@@ -237,7 +328,9 @@ class FaceRecognitionModule(L.LightningModule):
             arch, num_features=num_features, dropout=dropout,
             widths=tuple(widths) if widths is not None else None, layers=tuple(layers) if layers is not None else None,
         )
-        self.head = build_head(margin, num_features, num_classes, s=s, m1=m1, m2=m2, m3=m3)
+        self.head = build_head(margin, num_features, num_classes, s=s, m1=m1, m2=m2, m3=m3, head=head,
+                               sample_rate=sample_rate, margin_grad=margin_grad, fp32=fp32_head)
+        self._checkpointed_stages = checkpointed_stages(self.backbone) if gradient_checkpointing else None
         self.bn_recalibration: dict | None = None  # set by BNRecalibration, recorded in checkpoints
         self._collectors: dict[int, EmbeddingCollector] = {}
         self._last_batch_end: float | None = None
@@ -259,19 +352,68 @@ class FaceRecognitionModule(L.LightningModule):
             "bn_recalibration": None if self.bn_recalibration is None else dict(self.bn_recalibration),
         }
 
+    def configure_model(self) -> None:
+        """Allocate this rank's partial-FC shard once the process group exists (Lightning calls this
+        before restoring a checkpoint and before wrapping the module in DDP; `load_from_checkpoint` too)."""
+        if not isinstance(self.head, PartialFCHead) or self.head.is_sharded:
+            return
+        if self._trainer is not None:
+            if isinstance(self.trainer.strategy.launcher, _MultiProcessingLauncher):
+                raise ValueError("head='partial_fc' needs strategy 'ddp' (processes started by Lightning, torchrun or "
+                                 "SLURM): ddp_spawn/ddp_fork copy rank 0's weights into the main process, and rank 0 "
+                                 "holds only its share of the class centres")
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        elif dist.is_available() and dist.is_initialized():
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+        else:
+            rank, world_size = 0, 1
+        self.head.shard_(rank, world_size)
+        # Each rank's shard is its own parameter: DDP must neither broadcast nor average it.
+        self._ddp_params_and_buffers_to_ignore = ["head.weight"]
+
+    def _optimized_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _head_state_index(self) -> int:
+        """Index of the head's weight in the optimizer state dict (parameters are numbered in order)."""
+        return next(i for i, p in enumerate(self._optimized_parameters()) if p is self.head.weight)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Backbone metadata, the loggers' run versions and, for a sharded head, all ranks' centres
+        and their optimizer state gathered into the one file rank 0 writes (collective under DDP)."""
         checkpoint[METADATA_KEY] = self.backbone_metadata()
-        hparams = checkpoint.get("hyper_parameters")
-        if isinstance(hparams, dict):  # extra keys are ignored by load_from_checkpoint (no **kwargs)
-            hparams["normalization"] = {k: list(v) for k, v in NORMALIZATION.items()}
+        checkpoint[RUN_KEY] = {"logger_versions": [logger.version for logger in self.loggers]}
+        if not isinstance(self.head, PartialFCHead) or self.head.world_size == 1:
+            return
+        gather = self.head.gather_rows_to_rank0
+        checkpoint["state_dict"]["head.weight"] = gather(self.head.weight)
+        index, rows = self._head_state_index(), self.head.weight.shape[0]
+        for optimizer_state in checkpoint.get("optimizer_states", []):
+            state = optimizer_state["state"].get(index)
+            if state:  # a new dict: the inner dicts are the optimizer's live state
+                optimizer_state["state"][index] = {
+                    key: gather(value) if torch.is_tensor(value) and value.dim() and value.shape[0] == rows else value
+                    for key, value in state.items()
+                }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get(METADATA_KEY) or {}
         self.bn_recalibration = meta.get("bn_recalibration")
+        if isinstance(self.head, PartialFCHead):  # the weight re-shards itself; its optimizer state is cut here
+            index = self._head_state_index()
+            for optimizer_state in checkpoint.get("optimizer_states", []):
+                state = optimizer_state["state"].get(index)
+                if state:
+                    optimizer_state["state"][index] = {
+                        key: self.head.local_rows(value) if torch.is_tensor(value) and value.dim() else value
+                        for key, value in state.items()
+                    }
 
     # -- forward
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, 112, 112] in `colour_order` -> embeddings [B, num_features]."""
+        if self._checkpointed_stages is not None and self.training and torch.is_grad_enabled():
+            return self.backbone.forward_stages(normalize(images), stages=self._checkpointed_stages)[0]
         return self.backbone(normalize(images))
 
     def embed(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
@@ -285,12 +427,15 @@ class FaceRecognitionModule(L.LightningModule):
     # -- training
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self.head(self(images), labels)
-        loss = F.cross_entropy(logits.float(), labels)
+        embeddings = self(images)
+        if isinstance(self.head, PartialFCHead) and self.head.world_size > 1 and embeddings.requires_grad:
+            # Every rank's partial-FC loss is the loss of the global batch, and DDP averages the
+            # backbone's gradient over the ranks: scale it back (arcface_torch does it in its all-gather).
+            world_size = self.head.world_size
+            embeddings.register_hook(lambda grad: grad * world_size)
+        loss, accuracy = self.head.loss_and_accuracy(embeddings, labels)
         batch_size = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
-        with torch.no_grad():
-            accuracy = (logits.argmax(dim=1) == labels).float().mean()
         self.log("train/acc", accuracy, on_step=True, on_epoch=True, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
@@ -333,7 +478,7 @@ class FaceRecognitionModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self._optimized_parameters()
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         else:
@@ -341,6 +486,10 @@ class FaceRecognitionModule(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ValueError("the LR schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        if not math.isfinite(self.trainer.num_training_batches):
+            # Only max_steps given: estimated_stepping_batches did not build the loader, but the
+            # warm-up (in epochs) needs the epoch length.
+            self.trainer.fit_loop.setup_data()
         batches = self.trainer.num_training_batches
         if math.isfinite(batches) and batches > 0:
             steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
@@ -348,8 +497,28 @@ class FaceRecognitionModule(L.LightningModule):
             steps_per_epoch = max(1, int(total) // max(self.trainer.max_epochs or 1, 1))
         warmup = int(round(hp.warmup_epochs * steps_per_epoch))
         schedule = WarmupSchedule(warmup, int(total), hp.schedule, hp.poly_power, hp.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = RunLengthLambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the backbone's gradient, or the backbone's and the head's (`clip_backbone_only`).
+
+        Gradients are already unscaled under 16-mixed. The norm of a sharded head is summed
+        over the ranks, so every rank scales its backbone gradient by the same factor.
+        """
+        if not gradient_clip_val:
+            return
+        parts = [list(self.backbone.parameters())] + ([] if self.hparams.clip_backbone_only else [list(self.head.parameters())])
+        grads = [[p.grad for p in params if p.grad is not None] for params in parts]
+        if gradient_clip_algorithm == "value":  # element-wise: the same on shards as on the whole matrix
+            torch.nn.utils.clip_grad_value_([p for params in parts for p in params], gradient_clip_val)
+            return
+        squares = [sum((g.detach().float().square().sum() for g in part), torch.zeros((), device=self.device)) for part in grads]
+        if len(squares) == 2 and isinstance(self.head, PartialFCHead) and self.head.world_size > 1:
+            dist.all_reduce(squares[1])
+        scale = (gradient_clip_val / (sum(squares).sqrt() + 1e-6)).clamp(max=1.0)  # torch.nn.utils.clip_grad_norm_'s rule
+        for g in (g for part in grads for g in part):
+            g.mul_(scale.to(g.dtype))
 
     # -- validation
     def _collector(self, dataloader_idx: int) -> EmbeddingCollector:

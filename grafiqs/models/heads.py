@@ -18,6 +18,7 @@ so that the fallback never lies above the margin curve at the switch (relevant f
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -33,15 +34,30 @@ MARGIN_PRESETS: dict[str, tuple[float, float, float]] = {
 }
 
 
+MARGIN_GRADIENTS = ("exact", "straight_through")
+
+
 class CombinedMarginHead(nn.Module):
     """Class-weight matrix + combined margin: `forward(embeddings, labels)` -> logits [B, num_classes].
 
     `labels` may hold -1 for samples without a target class (insightface's convention): their
     logits are plain `s * cos`. Without labels (`labels=None`) the plain scaled cosines come back,
     which is what inference and top-1 accuracy need.
+
+    Two arcface_torch parity switches (defaults: this project's behaviour):
+
+    * `margin_grad="exact"` differentiates through the margin (d logit / d cos_y of the target
+      is s * d cos(m1 * theta + m2) / d cos); `"straight_through"` applies the margin to the
+      value only, as arcface_torch does (its margin is added under `torch.no_grad()`), so
+      d logit / d cos = s for every entry. Both give the same logits.
+    * `fp32=True` computes the cosines with autocast disabled, i.e. the class-centre matmul
+      in float32 under mixed precision; `False` lets autocast run it in half precision.
     """
 
-    def __init__(self, num_features: int, num_classes: int, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0):
+    def __init__(
+        self, num_features: int, num_classes: int, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
+        margin_grad: str = "exact", fp32: bool = False,
+    ):
         super().__init__()
         if num_features < 1 or num_classes < 1:
             raise ValueError(f"num_features and num_classes must be >= 1, got {num_features} and {num_classes}")
@@ -49,8 +65,11 @@ class CombinedMarginHead(nn.Module):
             raise ValueError(f"scale s must be > 0, got {s}")
         if m1 <= 0 or not 0.0 <= m2 < math.pi or m3 < 0:
             raise ValueError(f"margins need m1 > 0, 0 <= m2 < pi, m3 >= 0; got m1={m1}, m2={m2}, m3={m3}")
+        if margin_grad not in MARGIN_GRADIENTS:
+            raise ValueError(f"margin_grad must be one of {', '.join(MARGIN_GRADIENTS)}, got {margin_grad!r}")
         self.num_features, self.num_classes = int(num_features), int(num_classes)
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
+        self.margin_grad, self.fp32 = margin_grad, bool(fp32)
         self.weight = nn.Parameter(torch.empty(self.num_classes, self.num_features))
         nn.init.normal_(self.weight, std=0.01)  # as insightface's FC layer
         # theta beyond which m1 * theta + m2 > pi; None when that never happens for theta <= pi.
@@ -63,13 +82,17 @@ class CombinedMarginHead(nn.Module):
             self.fallback_penalty = max(math.sin(math.pi - self.m2) * self.m2, 1.0 + math.cos(self.theta_limit))
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, num_classes={self.num_classes}, s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+        return (f"num_features={self.num_features}, num_classes={self.num_classes}, s={self.s}, m1={self.m1}, m2={self.m2}, "
+                f"m3={self.m3}, margin_grad={self.margin_grad}, fp32={self.fp32}")
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """cos(theta) between each embedding and each class centre, [B, num_classes], float32 result."""
-        x = F.normalize(embeddings.float(), dim=1)
-        w = F.normalize(self.weight.float(), dim=1)
-        return F.linear(x, w).float()  # under autocast the matmul may run in half precision (as insightface); margins in fp32
+    def cosine(self, embeddings: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """cos(theta) between each embedding and each class centre (rows of `weight`, default all), float32 result."""
+        weight = self.weight if weight is None else weight
+        # Under autocast (fp32=False) the matmul may run in half precision, as insightface; margins stay in fp32.
+        with torch.autocast(embeddings.device.type, enabled=False) if self.fp32 else contextlib.nullcontext():
+            x = F.normalize(embeddings.float(), dim=1)
+            w = F.normalize(weight.float(), dim=1)
+            return F.linear(x, w).float()
 
     def margin_cosine(self, cos_theta: torch.Tensor) -> torch.Tensor:
         """cos(m1 * theta + m2) - m3 for target cosines, with the monotonic fallback past pi."""
@@ -83,6 +106,20 @@ class CombinedMarginHead(nn.Module):
         fallback = cos_theta - self.fallback_penalty - self.m3
         return torch.where(theta <= self.theta_limit, with_margin, fallback)
 
+    def margin_logits(self, cos_theta: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """s * cos_theta with the margin applied at (row, columns[row]) where columns[row] >= 0.
+
+        Works in place on `cos_theta` (fine for the output of F.linear, whose backward does not
+        need it): one [B, classes] buffer instead of three, which matters with millions of classes.
+        """
+        rows = torch.nonzero(columns >= 0, as_tuple=True)[0]
+        targets = columns[rows]
+        cos_target = cos_theta[rows, targets]
+        with_margin = self.margin_cosine(cos_target)
+        if self.margin_grad == "straight_through":
+            with_margin = cos_target + (with_margin - cos_target).detach()
+        return cos_theta.index_put_((rows, targets), with_margin).mul_(self.s)
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         cos_theta = self.cosine(embeddings)
         if labels is None:
@@ -90,26 +127,31 @@ class CombinedMarginHead(nn.Module):
         labels = labels.long().view(-1)
         if labels.numel() != cos_theta.shape[0]:
             raise ValueError(f"{labels.numel()} labels for {cos_theta.shape[0]} embeddings")
-        rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-        if rows.numel() and int(labels[rows].max()) >= self.num_classes:
-            raise ValueError(f"label {int(labels[rows].max())} is outside 0..{self.num_classes - 1}")
-        target = cos_theta[rows, labels[rows]]
-        logits = cos_theta.index_put((rows, labels[rows]), self.margin_cosine(target))
-        return logits * self.s
+        if labels.numel() and int(labels.max()) >= self.num_classes:
+            raise ValueError(f"label {int(labels.max())} is outside 0..{self.num_classes - 1}")
+        return self.margin_logits(cos_theta, labels)
+
+    def loss_and_accuracy(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean margin-softmax cross entropy and top-1 accuracy (on the margin logits) of a batch."""
+        logits = self(embeddings, labels)
+        loss = F.cross_entropy(logits, labels)
+        with torch.no_grad():
+            accuracy = (logits.argmax(dim=1) == labels).float().mean()
+        return loss, accuracy
 
 
 class ArcFaceHead(CombinedMarginHead):
     """ArcFace (additive angular margin): s * cos(theta_y + m) for the target class."""
 
-    def __init__(self, num_features: int, num_classes: int, s: float = 64.0, m: float = 0.5):
-        super().__init__(num_features, num_classes, s=s, m1=1.0, m2=m, m3=0.0)
+    def __init__(self, num_features: int, num_classes: int, s: float = 64.0, m: float = 0.5, **switches):
+        super().__init__(num_features, num_classes, s=s, m1=1.0, m2=m, m3=0.0, **switches)
 
 
 class CosFaceHead(CombinedMarginHead):
     """CosFace (additive cosine margin): s * (cos(theta_y) - m) for the target class."""
 
-    def __init__(self, num_features: int, num_classes: int, s: float = 64.0, m: float = 0.35):
-        super().__init__(num_features, num_classes, s=s, m1=1.0, m2=0.0, m3=m)
+    def __init__(self, num_features: int, num_classes: int, s: float = 64.0, m: float = 0.35, **switches):
+        super().__init__(num_features, num_classes, s=s, m1=1.0, m2=0.0, m3=m, **switches)
 
 
 def resolve_margins(
@@ -137,11 +179,26 @@ def resolve_margins(
 def build_head(
     margin: str, num_features: int, num_classes: int, s: float = 64.0,
     m1: float | None = None, m2: float | None = None, m3: float | None = None,
+    head: str = "full", sample_rate: float = 1.0, margin_grad: str = "exact", fp32: bool = False,
 ) -> CombinedMarginHead:
-    """The head for a margin name ("arcface" | "cosface" | "combined") and optional margin overrides."""
+    """The head for a margin name ("arcface" | "cosface" | "combined") and optional margin overrides.
+
+    `head="full"`: one [num_classes, num_features] matrix per process. `head="partial_fc"`:
+    class centres sharded over the ranks, optionally sampling `sample_rate` of each shard
+    (`grafiqs.models.partial_fc.PartialFCHead`).
+    """
     m1, m2, m3 = resolve_margins(margin, m1, m2, m3)
+    switches = {"margin_grad": margin_grad, "fp32": fp32}
+    if head == "partial_fc":
+        from grafiqs.models.partial_fc import PartialFCHead
+
+        return PartialFCHead(num_features, num_classes, s=s, m1=m1, m2=m2, m3=m3, sample_rate=sample_rate, **switches)
+    if head != "full":
+        raise ValueError(f"head must be 'full' or 'partial_fc', got {head!r}")
+    if sample_rate != 1.0:
+        raise ValueError(f"sample_rate={sample_rate} needs head='partial_fc' (the full head uses every class)")
     if margin == "arcface":
-        return ArcFaceHead(num_features, num_classes, s=s, m=m2)
+        return ArcFaceHead(num_features, num_classes, s=s, m=m2, **switches)
     if margin == "cosface":
-        return CosFaceHead(num_features, num_classes, s=s, m=m3)
-    return CombinedMarginHead(num_features, num_classes, s=s, m1=m1, m2=m2, m3=m3)
+        return CosFaceHead(num_features, num_classes, s=s, m=m3, **switches)
+    return CombinedMarginHead(num_features, num_classes, s=s, m1=m1, m2=m2, m3=m3, **switches)
