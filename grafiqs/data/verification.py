@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from grafiqs.data.decode import INPUT_SIZE, decode_image, read_file_bytes, to_model_tensor
+from grafiqs.data.folders import parse_extensions
 from grafiqs.errors import InputError
 
 MAX_REPORTED_MISSING = 5
@@ -382,6 +383,12 @@ def load_lfw_pairs(pairs_txt: str | os.PathLike, images_root: str | os.PathLike,
             f"{path}: header says {folds} fold(s) of {per_fold} genuine + {per_fold} impostor pairs "
             f"({2 * folds * per_fold} lines), but {len(body)} pair lines follow"
         )
+    return _lfw_style_set(path, body, images_root, extension, folds)
+
+
+def _lfw_style_set(path: Path, body: list[tuple[int, list[str]]], images_root: str | os.PathLike, extension: str,
+                   folds: int | None) -> VerificationSet:
+    """Pair lines `name i j` (genuine) or `name1 i name2 j` (impostor) naming `<root>/<name>/<name>_<idx:04d>.<ext>`."""
     extension = extension.lstrip(".")
     table = _ImageTable(str(images_root))
     pairs, issame = [], []
@@ -426,3 +433,64 @@ def load_pair_list(dataset_dir: str | os.PathLike) -> VerificationSet:
         raise VerificationDataError(f"{list_path}: no pairs listed")
     table.check_exist(list_path)
     return VerificationSet(str(list_path), table.paths, np.asarray(pairs), np.asarray(issame), table.names)
+
+
+def load_xqlfw_pairs(pairs_txt: str | os.PathLike, images_dir: str | os.PathLike, extension: str = "jpg") -> VerificationSet:
+    """XQLFW `xqlfw_pairs.txt` -> VerificationSet of image paths `<dir>/<name>/<name>_<idx:04d>.<extension>`.
+
+    The LFW pair lines (`name i j` genuine, `name1 i name2 j` impostor) after a first line
+    that is a header and is skipped without being interpreted (XQLFW's does not describe
+    folds as LFW's does). `images_dir` is the aligned 112x112 folder. All images must exist.
+    """
+    path = Path(pairs_txt)
+    body = _read_lines(path, "XQLFW pairs file")[1:]
+    if not body:
+        raise VerificationDataError(f"{path}: no pair lines after the header line")
+    return _lfw_style_set(path, body, images_dir, extension, folds=None)
+
+
+MAX_ALL_VS_ALL_PAIRS = 50_000_000  # 2 x int64 per pair: 800 MB of indices, and evaluation arrays of that length
+
+
+def identity_folder_pairs(folder: str | os.PathLike, extensions: Sequence[str] | None = None,
+                          max_pairs: int = MAX_ALL_VS_ALL_PAIRS) -> VerificationSet:
+    """All-vs-all protocol of `folder/<identity>/<image>` (as CR-FIQA evaluates Adience) -> VerificationSet.
+
+    Every unordered pair of distinct images, genuine iff both lie in the same identity
+    folder. N images give N(N-1)/2 pairs, so a set whose pair count exceeds `max_pairs` is
+    refused rather than exhausting memory. Images are sorted by identity, then file name;
+    names are `<identity>/<file>`. An image directly in `folder` has no identity and is refused.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise VerificationDataError(f"{root}: identity folder not found; expected <folder>/<identity>/<image>")
+    wanted = set(parse_extensions(extensions))
+
+    def is_image(entry: Path) -> bool:
+        return entry.suffix.lstrip(".").lower() in wanted and not entry.is_dir()
+
+    loose = sorted(entry.name for entry in root.iterdir() if is_image(entry))
+    if loose:
+        raise VerificationDataError(
+            f"{root}: images directly in the folder have no identity ({', '.join(loose[:MAX_REPORTED_MISSING])}); "
+            "put each identity's images in a sub-folder <folder>/<identity>/"
+        )
+    names, identity = [], []
+    for label, person in enumerate(sorted(entry for entry in root.iterdir() if entry.is_dir())):
+        files = sorted(entry.name for entry in person.iterdir() if is_image(entry))
+        names += [f"{person.name}/{name}" for name in files]
+        identity += [label] * len(files)
+    count = len(names)
+    num_pairs = count * (count - 1) // 2
+    if count < 2:
+        raise VerificationDataError(f"{root}: {count} image(s) with extension {', '.join(sorted(wanted))} in identity "
+                                    "sub-folders; an all-vs-all protocol needs at least 2")
+    if num_pairs > max_pairs:
+        raise VerificationDataError(
+            f"{root}: {count} images give {num_pairs:,} all-vs-all pairs, more than max_pairs={max_pairs:,}; "
+            "raise max_pairs if the memory allows (about 33 bytes per pair while building the set, more in evaluation)"
+        )
+    first, second = np.triu_indices(count, k=1)
+    identity = np.asarray(identity)
+    paths = [os.path.join(str(root), name) for name in names]
+    return VerificationSet(str(root), paths, np.stack([first, second], axis=1), identity[first] == identity[second], names)
