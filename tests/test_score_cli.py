@@ -1,5 +1,6 @@
 """score.py behaviour beyond the golden numbers: inputs, bad files, outputs, resume."""
 import csv
+import math
 import json
 import subprocess
 import sys
@@ -153,3 +154,17 @@ def test_compiled_stages_score_like_eager_including_a_padded_last_batch(tmp_path
     for a, b in zip(eager, compiled):
         for group in ("image", "block1", "block2", "block3", "block4", "bns_loss"):
             assert float(b[group]) == pytest.approx(float(a[group]), rel=1e-4)
+
+
+def test_groups_scores_only_what_is_asked_with_the_same_numbers(tmp_path, tiny_weights, faces, capsys):
+    assert score(faces, tmp_path / "all", tiny_weights) == 0
+    assert score(faces, tmp_path / "b4", tiny_weights, "--groups", "block4,block2") == 0
+    assert sorted(p.name for p in (tmp_path / "b4").glob("GraFIQs_*.txt")) == ["GraFIQs_block2.txt", "GraFIQs_block4.txt"]
+    every, some = read_csv(tmp_path / "all" / "scores.csv"), read_csv(tmp_path / "b4" / "scores.csv")
+    assert list(some[0])[:3] == ["path", "block2", "block4"]
+    for a, b in zip(every, some):
+        for group in ("block2", "block4", "bns_loss"):
+            assert float(b[group]) == pytest.approx(float(a[group]), rel=1e-6)
+        assert float(b["quality"]) == pytest.approx(-math.log10(float(b["block2"])))  # first asked group, no image
+    assert score(faces, tmp_path / "x", tiny_weights, "--groups", "block5") == 2
+    assert "--groups takes a comma-separated subset" in capsys.readouterr().err

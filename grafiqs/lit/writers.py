@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from grafiqs.data.output_folder import LOG_FOLDER
 from grafiqs.errors import ImageError
-from grafiqs.quality.scorer import GROUPS, STATUS_MESSAGES, STATUS_OK
+from grafiqs.quality.scorer import STATUS_MESSAGES, STATUS_OK
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -92,15 +92,15 @@ def decode_embedding(record: dict) -> np.ndarray:
     return np.frombuffer(base64.b64decode(record["embedding"]), dtype=np.float32)
 
 
-def _is_score(record: dict, with_embedding: bool) -> bool:
+def _is_score(record: dict, groups: Sequence[str], with_embedding: bool) -> bool:
     scores, file = record.get("scores"), record.get("file")
-    return (isinstance(scores, dict) and all(isinstance(scores.get(g), (int, float)) for g in GROUPS)
+    return (isinstance(scores, dict) and all(isinstance(scores.get(g), (int, float)) for g in groups)
             and isinstance(record.get("bns_loss"), (int, float))
             and isinstance(file, list) and len(file) == 2 and all(isinstance(v, int) for v in file)
             and (not with_embedding or isinstance(record.get("embedding"), str)))
 
 
-def read_result_logs(output_dir: str | Path, run: str, current: dict[str, list[int]],
+def read_result_logs(output_dir: str | Path, run: str, current: dict[str, list[int]], groups: Sequence[str],
                      with_embedding: bool = False) -> dict[str, dict]:
     """Each path's usable record in the rank logs: a score of run `run` whose file identity is `current[path]`,
     else that run's error for the path. Half-written lines of a killed run, records of other runs or of
@@ -115,7 +115,7 @@ def read_result_logs(output_dir: str | Path, run: str, current: dict[str, list[i
             if not isinstance(record, dict) or record.get("run") != run or record.get("path") not in current:
                 continue
             path = record["path"]
-            if _is_score(record, with_embedding) and record["file"] == current[path]:
+            if _is_score(record, groups, with_embedding) and record["file"] == current[path]:
                 scored[path] = record
             elif isinstance(record.get("error"), str):
                 failed[path] = record
