@@ -168,3 +168,18 @@ def test_groups_scores_only_what_is_asked_with_the_same_numbers(tmp_path, tiny_w
         assert float(b["quality"]) == pytest.approx(-math.log10(float(b["block2"])))  # first asked group, no image
     assert score(faces, tmp_path / "x", tiny_weights, "--groups", "block5") == 2
     assert "--groups takes a comma-separated subset" in capsys.readouterr().err
+
+
+def test_the_summary_points_to_bf16_only_where_the_hardware_has_bf16_units(tmp_path, tiny_weights, faces, capsys,
+                                                                            monkeypatch):
+    import torch
+
+    from grafiqs import hardware
+
+    found = hardware.bf16_units(torch)
+    assert set(found) <= set(hardware.BF16_CPU_FLAGS.values()) | {u for u in found if u.startswith("CUDA")}
+    monkeypatch.setattr(hardware, "bf16_units", lambda torch: ["AMX-BF16"])
+    assert score(faces, tmp_path / "a", tiny_weights) == 0
+    assert "note: this machine has AMX-BF16: --precision bf16" in capsys.readouterr().out
+    assert score(faces, tmp_path / "b", tiny_weights, "--precision", "bf16") == 0
+    assert "note: this machine has" not in capsys.readouterr().out

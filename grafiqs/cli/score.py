@@ -240,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     from grafiqs.allocator import retain_freed_memory
     from grafiqs.data.folders import ImageFileDataset, ShardSampler, collate_images, list_images, parse_extensions
     from grafiqs.data.output_folder import OutputFolder
+    from grafiqs.hardware import bf16_units
     from grafiqs.lit.quality_module import GraFIQsModule
     from grafiqs.lit.writers import ResultLogWriter, read_result_logs
     from grafiqs.quality.scorer import GROUPS
@@ -321,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
     summary = write_final_files(output.path, paths, scored, records, args, labels)
     output.remove(output.written() - outputs)  # e.g. an embeddings.npy of an earlier run with --save-embeddings
     summary["seconds"] = time.perf_counter() - started
+    summary["bf16_units"] = bf16_units(torch)
     print_summary(summary, args, output.path)
     if args.demo:
         print_demo_report(output.path, summary["scored"], records, labels, summary["embeddings"])
@@ -585,4 +587,8 @@ def print_summary(summary: dict, args, output_dir: Path) -> None:
         print(f"skipped {len(summary['failed'])} unreadable files (listed in {output_dir / 'errors.csv'}):", file=sys.stderr)
         for path, reason in summary["failed"][:10]:
             print(f"  {reason}", file=sys.stderr)
+    if args.precision == "32" and summary["bf16_units"]:
+        print(f"note: this machine has {', '.join(summary['bf16_units'])}: --precision bf16 (an approximation, Spearman "
+              ">= 0.9995 per group against float32) ran 2.5-3.7x faster than the float32 per-image loop for iresnet50 on "
+              "2 CPU cores (benchmarks/RESULTS.md)")
     print(f"wrote GraFIQs_<group>.txt, scores.csv and errors.csv to {output_dir}")
