@@ -3,7 +3,9 @@
     python benchmarks/bench_scorer.py --arch iresnet50 --images 48 --batch-size 16 --record
 
 Both sides use the same counter-hash weights and the golden crops (cycled to --images).
-Reported: images/s of the per-image reference loop (grafiqs.quality.reference) under the
+Reported: GFLOP per image (forward + backward to the input) and the machine's float32 and bfloat16 GEMM
+GFLOP/s measured in the same run, with the scorer's fraction of the ceiling of its precision;
+images/s of the per-image reference loop (grafiqs.quality.reference) under the
 default allocator and again under score.py's (grafiqs/allocator.py), of the batched scorer
 (score.py's allocator unless --default-allocator), their ratios, the worst relative score
 difference (exact mode) or the Spearman rank correlation per group (bf16), peak RSS, start-up
@@ -22,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import report
+from results import gemm_ceilings, report
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
 GROUPS = ("image", "block1", "block2", "block3", "block4")
-SECTION = "Scorer throughput (`benchmarks/bench_scorer.py`)"
+SECTION = "Scorer throughput against the machine's GEMM ceilings (`benchmarks/bench_scorer.py`)"
 
 
 def build_model(arch: str):
@@ -53,6 +55,17 @@ def load_images(count: int):
     files = sorted(p for p in (GOLDEN / "images").glob("*.png"))
     tensors = [to_model_tensor(read_image(f)) for f in files]
     return normalize(torch.stack([tensors[i % len(tensors)] for i in range(count)]))
+
+
+def gflop_per_image(model, image) -> float:
+    """Floating-point work of one image's score: the forward counted by torch's flop counter, twice, since
+    the backward to the input repeats each convolution and GEMM once (no weight gradients are computed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(image)
+    return 2 * counter.get_total_flops() / 1e9
 
 
 def marginal_seconds_per_image(arch_weights: Path, arch: str, args) -> float:
@@ -122,6 +135,8 @@ def main() -> None:
     # then again under the allocator setting score.py uses (retain_freed_memory), the same
     # setting for both sides of the in-process ratio.
     reference, reference_seconds = reference_seconds_per_image()
+    gflop = gflop_per_image(model, images[:1])
+    ceilings = gemm_ceilings()
     retained_reference_seconds = None
     if not args.default_allocator and retain_freed_memory():
         _, retained_reference_seconds = reference_seconds_per_image()
@@ -164,6 +179,9 @@ def main() -> None:
         "reference img/s, retained heap": f"{1 / retained_reference_seconds:.2f}" if retained_reference_seconds else "-",
         "ratio, both retained": f"{retained_reference_seconds / scorer_seconds:.2f}x" if retained_reference_seconds else "-",
         "score.py marginal": e2e or "-",
+        "GFLOP/image": f"{gflop:.1f}",
+        "GEMM GFLOP/s fp32 / bf16": f"{ceilings['fp32']:.1f} / {ceilings['bf16']:.1f}",
+        "scorer of its ceiling": f"{gflop / scorer_seconds / ceilings['bf16' if args.precision == 'bf16' else 'fp32']:.0%}",
         "worst rel. diff": f"{relative:.1e}",
         "min Spearman": f"{rho:.4f}",
         "peak RSS": f"{peak_rss_mb:.0f} MB",

@@ -39,3 +39,24 @@ def report(section: str, row: dict[str, str], record: bool, script: str, argv: l
         command = f"python benchmarks/{script} " + " ".join(argv)
         add_row(section, [*row, "command", "machine"],
                 [*row.values(), f"`{command}`", f"{machine()}, torch {torch.__version__}{machine_note}"])
+
+
+def gemm_ceilings(size: int = 1024, repeats: int = 5, budget_s: float = 2.0) -> dict[str, float]:
+    """This machine's float32 and bfloat16 GEMM GFLOP/s (best of up to `repeats` square products within about
+    `budget_s`), measured in the same run as a benchmark so that its throughput reads as a fraction of what this
+    machine can do. Without bf16 units (AMX, AVX512-BF16) a CPU's bf16 GEMM can be slower than float32."""
+    import time
+
+    import torch
+
+    ceilings = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+        a @ b  # warm-up
+        times, started = [], time.perf_counter()
+        while len(times) < repeats and (not times or time.perf_counter() - started < budget_s):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        ceilings[name] = 2 * size**3 / min(times) / 1e9
+    return ceilings
