@@ -1,6 +1,5 @@
 """score.py and the ablation runner tried as a careful and as a hostile user would: nothing of the user's is
 lost, nothing hangs, results of different weights, settings or files never mix, bad options fail at once."""
-import csv
 import json
 import os
 import signal

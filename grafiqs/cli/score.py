@@ -522,7 +522,6 @@ def write_final_files(output_dir: Path, paths: list[str], scored: list[str], rec
     from grafiqs.data.score_files import (atomic_write_npy, printable_path, quality_from_magnitude, replace_prefix,
                                           write_csv, write_score_file)
     from grafiqs.lit.writers import decode_embedding
-    from grafiqs.quality.scorer import GROUPS
 
     failed = [(printable_path(p), records[p]["error"]) for p in paths if p in records and "error" in records[p]]
     shown = {p: replace_prefix(p, args.path_replace, args.path_replace_with) for p in scored}
