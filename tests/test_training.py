@@ -283,6 +283,16 @@ def test_image_folder_index_is_built_once_and_reused(tmp_path):
         ImageFolderFaces(tmp_path / "train", extensions="jpg", index_file=index)
 
 
+def test_image_folder_index_keeps_file_names_that_are_not_utf8(tmp_path):
+    _write_faces(tmp_path / "train", identities=1, per_identity=1)
+    latin1 = os.fsencode(tmp_path / "train" / "person_0") + b"/caf\xe9.png"
+    ok, data = cv2.imencode(".png", np.zeros((112, 112, 3), np.uint8))
+    with open(latin1, "wb") as file:
+        file.write(data.tobytes())
+    faces = ImageFolderFaces(tmp_path / "train", index_file=tmp_path / "index.npz")
+    assert len(faces) == 2 and all(faces[i][0].shape[2] == 3 for i in range(2))
+
+
 def test_training_loader_continues_from_its_saved_position():
     dm = SyntheticFacesDataModule(num_identities=12, images_per_identity=1, batch_size=2, num_workers=0, val_identities=0)
     loader = dm.train_dataloader()

@@ -495,7 +495,7 @@ def list_image_folder(root: Path, extensions: Sequence[str]) -> dict[str, np.nda
     paths, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(p.name for p in (root / name).iterdir() if p.is_file() and p.suffix.lstrip(".").lower() in wanted)
-        paths += [f"{name}/{file}".encode() for file in files]
+        paths += [os.fsencode(f"{name}/{file}") for file in files]  # the file system's bytes, any encoding
         labels += [label] * len(files)
     return {
         "root": np.array(str(root.resolve())),
@@ -563,7 +563,7 @@ class ImageFolderFaces(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        path = self.root / self.paths[index].decode()
+        path = self.root / os.fsdecode(self.paths[index])
         return read_image(path, self.bgr2rgb), int(self.labels[index])
 
 
