@@ -309,3 +309,18 @@ def test_an_output_dir_that_is_a_file_says_so(tmp_path, tiny_weights, faces, cap
 def test_path_replace_alone_is_ignored_as_in_the_official_script(tmp_path, tiny_weights, faces):
     assert score(faces, tmp_path / "out", tiny_weights, "--path-replace", str(faces)) == 0
     assert sorted(read_score_file(tmp_path / "out" / "GraFIQs_image.txt")) == sorted(str(faces / n) for n in FACES)
+
+
+def test_a_damaged_ledger_or_manifest_can_name_nothing_outside_its_folder(tmp_path):
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep")
+    folder = OutputFolder(tmp_path / "out")
+    folder.claim({"scores.csv"})
+    (folder.log_dir / "written.json").write_text(json.dumps(["scores.csv", "../victim.png", str(victim)]))
+    assert folder.written() == {"scores.csv"}
+    folder.remove({"../victim.png", str(victim)})
+    drawn = prepare_synthetic_set(tmp_path / "set", TINY_SET, progress=False)
+    with open(drawn / "manifest.csv", "a") as manifest:
+        manifest.write("../victim.png,0,probe,none,0\n")
+    prepare_synthetic_set(drawn, SyntheticSetSpec(num_identities=3, kinds=("blur",), severities=(0, 1)), progress=False)
+    assert victim.read_bytes() == b"keep"

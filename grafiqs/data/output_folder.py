@@ -36,7 +36,7 @@ class OutputFolder:
             names = json.loads((self.log_dir / LEDGER).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return set()
-        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+        return {n for n in names if _inside(n)} if isinstance(names, list) else set()
 
     def check(self, names: Iterable[str]) -> None:
         """Refuse (InputError) if the folder is a file or any of `names` exists without being ours; creates nothing."""
@@ -83,3 +83,8 @@ class OutputFolder:
         from grafiqs.data.score_files import atomic_write_text
 
         atomic_write_text(self.log_dir / LEDGER, json.dumps(sorted(names), indent=0))
+
+
+def _inside(name) -> bool:
+    """A relative path that stays inside the folder: a damaged or hostile ledger can name nothing outside it."""
+    return isinstance(name, str) and bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts

@@ -114,19 +114,24 @@ def read_score_file(path: str | Path) -> dict[str, float]:
     """`<path> <score>` lines -> {path: score}; the path may contain spaces (split at the last one).
 
     Lines end at "\\n" only (a "\\r" before it is dropped), the format's own terminator: str.splitlines
-    would also split at characters such as U+2028 or \\x1c.
+    would also split at characters such as U+2028 or \\x1c. A path given twice keeps its last score.
     """
-    scores = {}
+    return dict(score_lines(path))
+
+
+def score_lines(path: str | Path) -> list[tuple[str, float]]:
+    """The (path, score) entries of a score file in file order, repeats included (see read_score_file)."""
+    entries = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
         line = line.removesuffix("\r")
         if not line.strip():
             continue
         name, _, value = line.rpartition(" ")
         try:
-            scores[name] = float(value)
+            entries.append((name, float(value)))
         except ValueError:
             raise ValueError(f"{path}:{number}: expected '<path> <score>', got {line!r}") from None
-    return scores
+    return entries
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
@@ -163,13 +168,11 @@ def read_external_scores(path: str | Path, orientation: str, names: Sequence[str
     if orientation not in ORIENTATIONS:
         raise InputError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
     try:
-        scores = read_score_file(path)
-        text = Path(path).read_text(encoding="utf-8")
+        entries = score_lines(path)
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise InputError(f"cannot read score file {path}: {error}") from None
-    # read_score_file keeps the last of repeated paths; count them with its own line rule to refuse that
-    counts = Counter(line.removesuffix("\r").rpartition(" ")[0] for line in text.split("\n") if line.strip())
-    repeated = [name for name, count in counts.items() if count > 1]
+    scores = dict(entries)
+    repeated = [name for name, count in Counter(name for name, _ in entries).items() if count > 1]
     if repeated:
         raise InputError(f"{path}: {len(repeated)} paths appear more than once, e.g. "
                          f"{', '.join(printable_path(n) for n in repeated[:5])}; which score is meant is unclear")

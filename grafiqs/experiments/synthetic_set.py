@@ -84,7 +84,8 @@ def _files_of_drawn_set(folder: Path) -> set[str] | None:
     if _read_json(folder / SPEC_FILE) is None or not (folder / MANIFEST).is_file():
         return None
     with (folder / MANIFEST).open(newline="", encoding="utf-8") as handle:
-        return {row["file"] for row in csv.DictReader(handle)} | {MANIFEST, SPEC_FILE}
+        named = {row["file"] for row in csv.DictReader(handle)} | {MANIFEST, SPEC_FILE}
+    return named & set(os.listdir(folder))  # only files in the folder itself, whatever the manifest says
 
 
 def _read_json(path: Path):
