@@ -15,3 +15,11 @@ class ImageError(GrafiqsError):
 
 class InputError(GrafiqsError):
     """A path, option or data file given by the user is unusable."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run; finished batches are in the log."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -254,3 +254,14 @@ def test_engine_rejects_unknown_axes(model):
         VariantScorer(model, [])
     with pytest.raises(ValueError, match="unknown distance"):
         LossVariant(distance="l2")
+
+
+def test_parameter_losses_restrict_the_weight_pass_only():
+    model = tiny_iresnet()
+    images = torch.rand(3, 3, 112, 112) * 2 - 1
+    losses = loss_grid(["mean+var", "var"], ["mse"], ["all"])
+    full = VariantScorer(model, losses, groups=["image", "params:layer2"])(images).columns
+    restricted = VariantScorer(model, losses, groups=["image", "params:layer2"], parameter_losses=losses[:1])(images).columns
+    assert set(full) - set(restricted) == {"loss=var,dist=mse,layers=all|group=params:layer2|agg=l1"}
+    for name, values in restricted.items():
+        torch.testing.assert_close(values, full[name])

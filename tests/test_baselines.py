@@ -22,7 +22,6 @@ from grafiqs.quality.baselines import (
     EmbeddingNorm,
     FaceQAN,
     QualityMethod,
-    build_baseline,
     robustness_quality,
 )
 from grafiqs.quality.scorer import GraFIQsScorer
@@ -149,16 +148,15 @@ def test_bns_loss_is_the_grafiqs_scorers(model, images):
 
 # Registry
 
-@pytest.mark.parametrize("spec, cls", [
-    ({"method": "serfiq", "passes": 4}, SERFIQ),
-    ({"method": "embedding_norm"}, EmbeddingNorm),
-    ({"method": "faceqan", "copies": 2, "steps": 1, "epsilon": 1e-3, "exponent": 5}, FaceQAN),
-    ({"method": "bns_loss"}, BNSLoss),
+@pytest.mark.parametrize("cls, options", [
+    (SERFIQ, {"passes": 4}),
+    (EmbeddingNorm, {}),
+    (FaceQAN, {"copies": 2, "steps": 1, "epsilon": 1e-3, "exponent": 5}),
+    (BNSLoss, {}),
 ])
-def test_registry_builds_each_method_from_a_dict(spec, cls, model, images):
-    method = build_baseline(spec)
-    assert type(method) is cls and BASELINES[spec["method"]] is cls and method.name == spec["method"]
-    assert isinstance(method, QualityMethod) and method.orientation in ORIENTATIONS
+def test_each_method_is_built_from_its_options(cls, options, model, images):
+    method = cls(**options)
+    assert BASELINES[method.name] is cls and isinstance(method, QualityMethod) and method.orientation in ORIENTATIONS
     scores = method(model, images[:2])
     assert scores.shape == (2,) and torch.isfinite(scores).all()
 
@@ -169,11 +167,13 @@ def test_registry_orientations():
         "faceqan": "higher_is_better", "bns_loss": "lower_is_better"}
 
 
-def test_registry_refuses_unknown_methods_and_options():
-    with pytest.raises(InputError, match="unknown FIQA baseline 'magface'"):
-        build_baseline({"method": "magface"})
-    with pytest.raises(InputError, match="serfiq does not take k; it takes passes, dropout, seed"):
-        build_baseline({"method": "serfiq", "k": 3})
+def test_invalid_options_are_refused():
+    with pytest.raises(InputError, match="at least 2 passes"):
+        SERFIQ(passes=1)
+    with pytest.raises(InputError, match="dropout must lie in"):
+        SERFIQ(dropout=1.5)
+    with pytest.raises(InputError, match="FaceQAN needs copies >= 2"):
+        FaceQAN(epsilon=2.0)
 
 
 # External score files

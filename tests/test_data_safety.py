@@ -83,23 +83,25 @@ def test_a_drawn_set_is_reused_replaced_for_another_spec_and_then_guarded(tmp_pa
     assert (folder / "added_by_user.png").read_bytes() == b"x" and len(list(folder.glob("*.png"))) == bigger.size + 1
 
 
-def test_the_ablation_never_deletes_a_data_folder_or_overwrites_an_output(tmp_path, tiny_weights):
-    from grafiqs.experiments.ablation import load_config, run_ablation
+def test_the_benchmark_never_deletes_a_data_folder_or_overwrites_an_output(tmp_path, tiny_weights):
+    from grafiqs.experiments.benchmark import load_config, run_benchmark
 
     data_folder = tmp_path / "mine"
     data_folder.mkdir()
     (data_folder / "face.png").write_bytes(b"keep me")
     config = tmp_path / "a.yaml"
-    config.write_text(f"output_dir: {tmp_path / 'out'}\nweights: {tiny_weights}\n"
-                      f"data: {{kind: synthetic, folder: {data_folder}}}\nwandb: {{mode: disabled}}\n")
+    config.write_text(f"output_dir: {tmp_path / 'out'}\nmodels: [{{name: tiny, weights: {tiny_weights}}}]\n"
+                      f"sets: [{{name: s, kind: synthetic, folder: {data_folder}}}]\nwandb: {{mode: disabled}}\n")
     with pytest.raises(InputError, match="never deletes them"):
-        run_ablation(load_config(config))
+        run_benchmark(load_config(config))
     assert (data_folder / "face.png").read_bytes() == b"keep me"
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "results.csv").write_text("someone's table")
+    (tmp_path / "other" / "tables").mkdir(parents=True)
+    (tmp_path / "other" / "tables.md").write_text("someone's table")
+    (tmp_path / "other" / "tables" / "tiny_fmr1e-3_discard0.3_pauc_norm.csv").write_text("someone's numbers")
     with pytest.raises(InputError, match="not written by this program"):
-        run_ablation(load_config(config, ["--output_dir", str(tmp_path / "other")]))
-    assert (tmp_path / "other" / "results.csv").read_text() == "someone's table"
+        run_benchmark(load_config(config, ["--output_dir", str(tmp_path / "other")]))
+    assert (tmp_path / "other" / "tables.md").read_text() == "someone's table"
+    assert (tmp_path / "other" / "tables" / "tiny_fmr1e-3_discard0.3_pauc_norm.csv").read_text() == "someone's numbers"
 
 
 def test_foreign_files_in_the_output_folder_are_never_overwritten(tmp_path, tiny_weights, faces, capsys):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from nbclient import NotebookClient
 
-from grafiqs.experiments.ablation import load_config, run_ablation
+from grafiqs.experiments.benchmark import load_config, run_benchmark
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -39,15 +39,16 @@ def test_quickstart_notebook_scores_and_shows_gradient_maps():
 def small_ablation(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
     config = {
-        "name": "notebook", "output_dir": str(out), "weights": str(Path(__file__).resolve().parents[1] / "grafiqs/assets/demo_iresnet.ckpt"),
-        "data": {"kind": "synthetic",
-                 "synthetic": {"num_identities": 8, "kinds": ["blur", "occlusion", "dark"], "severities": [0, 2, 3]}},
-        "variants": {"losses": [{"terms": ["mean+var", "mean", "var"]}], "aggregations": ["l1"]},
+        "name": "notebook", "output_dir": str(out),
+        "models": [{"name": "demo", "weights": str(Path(__file__).resolve().parents[1] / "grafiqs/assets/demo_iresnet.ckpt")}],
+        "sets": [{"name": "synthetic", "kind": "synthetic",
+                  "synthetic": {"num_identities": 8, "kinds": ["blur", "occlusion", "dark"], "severities": [0, 2, 3]}}],
+        "methods": {"grafiqs": {"losses": [{"terms": ["mean+var", "mean", "var"]}], "aggregations": ["l1"]}},
         "evaluation": {"fmrs": [1e-2], "limits": [0.3], "crfiqa_erc": False},
         "batch_size": 16, "num_workers": 0, "wandb": {"mode": "disabled"},
     }
     (out / "config.yaml").write_text(yaml.safe_dump(config))
-    run_ablation(load_config(out / "config.yaml"))
+    run_benchmark(load_config(out / "config.yaml"))
     return out
 
 

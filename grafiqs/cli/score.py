@@ -11,7 +11,8 @@ import time
 import warnings
 from pathlib import Path
 
-from grafiqs.errors import GrafiqsError, ImageError, InputError
+from grafiqs.data.output_folder import file_digest, is_primary_process
+from grafiqs.errors import GrafiqsError, ImageError, InputError, RunInterrupted
 
 # --compile auto compiles from this many images to score. iresnet50 on 2 cores: compiling saves ~13 ms
 # per float32 image (6.5 -> 7.1 img/s) and ~34 ms per bf16 image (9.5 -> 14 img/s), against ~85 s for a
@@ -188,14 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     photos.add_argument("--save-aligned", metavar="DIR",
                         help="also save the aligned crops actually scored, as PNG, under their relative paths")
     return parser
-
-
-class RunInterrupted(Exception):
-    """SIGINT or SIGTERM stopped the run; finished batches are in the log."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,21 +385,6 @@ def output_names(args) -> set[str]:
     names = {f"GraFIQs_{group}.txt" for group in args.groups} | {"scores.csv", "errors.csv"}
     names |= {"embeddings.npy"} if args.save_embeddings else set()
     return names | ({"edc.png", "demo_table.csv", "demo_table.md"} if args.demo else set())
-
-
-def is_primary_process() -> bool:
-    """False in the worker processes that DDP launchers (Lightning's, torchrun, SLURM) start with a rank."""
-    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's content: the same weights under another name are the same run, new ones at the
-    same path are not."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(2**22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def identity_of(path: str) -> list[int] | None:

@@ -93,26 +93,31 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int | None) -> dict:
         if index is None:  # ShardSampler's placeholder for a process without images
             return {"index": None, "image": None, "error": None, "shape": None, "file": None}
-        path = self.paths[index]
         try:
-            problem = name_problem(path)
-            if problem:
-                raise ImageError(f"{printable_path(path)}: not scored: {problem} (score files hold one path per line); "
-                                 "rename the file")
-            data, info = read_file_bytes(path)
-            image = decode_image(data, source=path)  # BGR, as cv2.imread
+            data, identity, source = self.read(index)
+            image = decode_image(data, source=source)  # BGR, as cv2.imread
             alignment = {}
             if self.aligner is not None:
-                image, landmarks, confidence = self.aligner(image, source=path)
+                image, landmarks, confidence = self.aligner(image, source=source)
                 alignment = {"landmarks": landmarks.reshape(-1).tolist(), "confidence": confidence}
-                if path in self.save_aligned:
-                    atomic_write_bytes(self.save_aligned[path], cv2.imencode(".png", image)[1].tobytes())
+                if source in self.save_aligned:
+                    atomic_write_bytes(self.save_aligned[source], cv2.imencode(".png", image)[1].tobytes())
         except GrafiqsError as error:
             return {"index": index, "image": None, "error": str(error), "shape": None, "file": None}
         if self.bgr2rgb:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return {"index": index, "image": to_model_tensor(image, self.size), "error": "", "shape": image.shape[:2],
-                "file": file_identity(info), **alignment}
+                "file": identity, **alignment}
+
+    def read(self, index: int) -> tuple[bytes, list[int] | None, str]:
+        """(encoded bytes, file identity, the path the aligner and messages know it by) of item `index`."""
+        path = self.paths[index]
+        problem = name_problem(path)
+        if problem:
+            raise ImageError(f"{printable_path(path)}: not scored: {problem} (score files hold one path per line); "
+                             "rename the file")
+        data, info = read_file_bytes(path)
+        return data, file_identity(info), path
 
 
 def file_identity(info: os.stat_result) -> list[int]:

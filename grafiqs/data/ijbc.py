@@ -251,6 +251,21 @@ class IJBCProtocol:
         return pair_quality(q[self.pair_rows[:, 0]], q[self.pair_rows[:, 1]])
 
 
+class TemplatePairSet:
+    """The protocol as the EDC evaluation sees a pair set (grafiqs.evaluation.report.PairSet): per-image
+    embeddings and qualities in, one similarity, mated flag and quality per template pair out."""
+
+    def __init__(self, protocol: IJBCProtocol):
+        self.protocol = protocol
+        self.mated = protocol.labels
+
+    def similarity(self, embeddings) -> np.ndarray:
+        return self.protocol.pair_similarity(self.protocol.template_embeddings(embeddings)[1])
+
+    def quality(self, per_image, orientation: Orientation) -> np.ndarray:
+        return self.protocol.pair_quality(self.protocol.template_quality(per_image, orientation))
+
+
 def load_ijbc_protocol(meta_dir: str | os.PathLike, target: str = "IJBC") -> IJBCProtocol:
     """The protocol in `<meta_dir>/<target>_face_tid_mid.txt` and `<target>_template_pair_label.txt`
     (target "IJBC", or "IJBB" for IJB-B's files of the same layout)."""

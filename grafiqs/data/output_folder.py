@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -88,3 +89,18 @@ class OutputFolder:
 def _inside(name) -> bool:
     """A relative path that stays inside the folder: a damaged or hostile ledger can name nothing outside it."""
     return isinstance(name, str) and bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts
+
+
+def is_primary_process() -> bool:
+    """False in the worker processes that DDP launchers (Lightning's, torchrun, SLURM) start with a rank."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content: the same weights under another name are the same run, new ones at the
+    same path are not."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**22), b""):
+            digest.update(block)
+    return digest.hexdigest()

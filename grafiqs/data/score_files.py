@@ -55,16 +55,26 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's private 0600 
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write_with(path, lambda file: file.write(data))
+
+
+def atomic_write_with(path: str | Path, write) -> None:
+    """`write(binary file)` into a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            write(file)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def safe_file_name(name: str) -> str:
+    """`name` with every character outside [A-Za-z0-9._-] replaced by `_`: a set or model name as a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def replace_prefix(path: str, prefix: str | None, replacement: str | None) -> str:

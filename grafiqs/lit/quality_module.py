@@ -40,36 +40,27 @@ class GraFIQsModule(L.LightningModule):
         return prediction
 
 
-class VariantModule(L.LightningModule):
-    """Every ablation column of a batch from `VariantScorer`, plus embeddings for verification.
+class PassModule(L.LightningModule):
+    """One per-image pass of the benchmark runner: `compute(normalised images)` -> {name: [B] or [B, D] tensor}.
 
-    Batches are `(index, uint8 image)` from `VerificationImages`. `comparison` is an optional
-    second network whose embeddings judge the pairs (the cross-model setting); without it the
-    scored network's own embedding from the same forward pass is used (same-model setting).
-    Precision, compile and channels_last are the scorer's (`VariantScorer(..., precision=...)`).
+    Batches are `collate_images`' (grafiqs.data.folders). `compute` is any of the runner's passes:
+    the GraFIQs variant grid (`VariantScorer`), a baseline FIQA method, or the embeddings of an FR
+    model that judges the pairs. Gradients are enabled for it (the Trainer must run with
+    `inference_mode=False`); a pass that needs none turns them off itself.
     """
 
-    def __init__(self, scorer, comparison: nn.Module | None = None, swap_channels: bool = False):
+    def __init__(self, backbone: nn.Module, compute):
         super().__init__()
-        self.scorer = scorer
-        self.backbone = scorer.model
-        self.comparison = comparison.eval() if comparison is not None else None
-        self.swap_channels = swap_channels  # the comparison network wants the other colour order
+        self.backbone = backbone
+        self.compute = compute
 
-    def predict_step(self, batch, batch_idx: int) -> dict:
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        prediction = {"index": batch["index"].cpu(), "errors": batch["errors"], "outputs": {}}
+        if len(batch["index"]) == 0:
+            return prediction
         if torch.is_inference_mode_enabled():
             raise RuntimeError("GraFIQs needs gradients: create the Trainer with inference_mode=False")
-        indices, images = batch
-        result = self.scorer(normalize(images))  # enables gradients itself
-        prediction = {
-            "index": indices.cpu(),
-            "columns": {name: values.detach().cpu() for name, values in result.columns.items()},
-            "status": result.status.cpu(),
-            "embedding": result.embedding.cpu(),
-            "seconds": result.seconds,
-        }
-        if self.comparison is not None:
-            inputs = images.flip(1) if self.swap_channels else images
-            with torch.no_grad():
-                prediction["embedding"] = self.comparison(normalize(inputs)).float().cpu()
+        with torch.enable_grad():
+            outputs = self.compute(normalize(batch["image"]))
+        prediction["outputs"] = {name: values.detach().float().cpu() for name, values in outputs.items()}
         return prediction

@@ -1,4 +1,4 @@
-"""Per-batch result log that makes scoring runs streaming, resumable and rank-aware.
+"""Per-batch result logs that make scoring runs (score.py, the benchmark's passes) streaming, resumable, rank-aware.
 
 Each rank appends one JSON line per image to `<output>/.grafiqs/rank<R>.jsonl`
 and flushes after every batch, so nothing accumulates in memory and an
@@ -16,7 +16,7 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -28,22 +28,26 @@ from grafiqs.quality.scorer import STATUS_MESSAGES, STATUS_OK
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class ResultLogWriter(BasePredictionWriter):
-    """Writes each batch's records; `stop_signal` is the SIGINT/SIGTERM that stopped the run, if any.
+class BatchLogWriter(BasePredictionWriter):
+    """Appends each batch's `records()` to this rank's log and syncs it to disk.
 
-    Lightning's own SIGTERM handler only notes the signal (the run would go on, a FIFO read would
-    hang on), so while predicting both signals raise KeyboardInterrupt: Lightning then stops its
-    worker processes and exits, and every batch written before stays in the log.
+    `stop_signal` is the SIGINT/SIGTERM that stopped the run, if any. Lightning's own SIGTERM
+    handler only notes the signal (the run would go on, a FIFO read would hang on), so while
+    predicting both signals raise KeyboardInterrupt: Lightning then stops its worker processes
+    and exits, and every batch written before stays in the log.
     """
 
-    def __init__(self, output_dir: str | Path, paths: Sequence[str], run: str, strict: bool = False):
+    def __init__(self, output_dir: str | Path, run: str, strict: bool = False):
         super().__init__(write_interval="batch")
         self.log_dir = Path(output_dir) / LOG_FOLDER
-        self.paths = list(paths)
         self.run = run  # settings digest stamped on every record
         self.strict = strict  # stop at the first unreadable file (after logging the batch)
         self.file = None
         self.stop_signal: int | None = None
+
+    def records(self, prediction: dict, batch: dict) -> list[dict]:
+        """The JSON records of one batch (results and errors), each stamped with `self.run`."""
+        raise NotImplementedError
 
     def _stop(self, signum, frame) -> None:
         self.stop_signal = signum
@@ -60,20 +64,7 @@ class ResultLogWriter(BasePredictionWriter):
             self.file.write("\n")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        lines = []
-        for row, index in enumerate(prediction["index"].tolist()):
-            scores = {group: float(values[row]) for group, values in prediction["scores"].items()}
-            record = {"path": self.paths[index], "run": self.run, "file": batch["file"][row], "scores": scores,
-                      "bns_loss": float(prediction["bns_loss"][row]), **batch["alignment"][row]}
-            if prediction["resized"][row]:
-                record["resized"] = True
-            if int(prediction["status"][row]) != STATUS_OK:
-                record["status"] = STATUS_MESSAGES[int(prediction["status"][row])]
-            if "embedding" in prediction:  # float32 bytes, base64: exact and a third of the size of JSON numbers
-                record["embedding"] = base64.b64encode(prediction["embedding"][row].numpy().tobytes()).decode("ascii")
-            lines.append(json.dumps(record, allow_nan=True))
-        lines += [json.dumps({"path": self.paths[index], "run": self.run, "error": reason})
-                  for index, reason in prediction["errors"]]
+        lines = [json.dumps(record, allow_nan=True) for record in self.records(prediction, batch)]
         if lines:
             self.file.write("\n".join(lines) + "\n")
             self.file.flush()
@@ -87,9 +78,57 @@ class ResultLogWriter(BasePredictionWriter):
         trainer.strategy.barrier()  # rank 0 merges the logs only after every rank has flushed its last batch
 
 
+class ResultLogWriter(BatchLogWriter):
+    """score.py's records: one per image, keyed by its path, with the file identity it was read from."""
+
+    def __init__(self, output_dir: str | Path, paths: Sequence[str], run: str, strict: bool = False):
+        super().__init__(output_dir, run, strict)
+        self.paths = list(paths)
+
+    def records(self, prediction: dict, batch: dict) -> list[dict]:
+        records = []
+        for row, index in enumerate(prediction["index"].tolist()):
+            scores = {group: float(values[row]) for group, values in prediction["scores"].items()}
+            record = {"path": self.paths[index], "run": self.run, "file": batch["file"][row], "scores": scores,
+                      "bns_loss": float(prediction["bns_loss"][row]), **batch["alignment"][row]}
+            if prediction["resized"][row]:
+                record["resized"] = True
+            if int(prediction["status"][row]) != STATUS_OK:
+                record["status"] = STATUS_MESSAGES[int(prediction["status"][row])]
+            if "embedding" in prediction:
+                record["embedding"] = encode_array(prediction["embedding"][row])
+            records.append(record)
+        return records + [{"path": self.paths[index], "run": self.run, "error": reason}
+                          for index, reason in prediction["errors"]]
+
+
+def log_records(output_dir: str | Path, run: str) -> Iterator[dict]:
+    """The records of run `run` in a folder's rank logs, read line by line (a log may be larger than memory);
+    half-written lines of a killed run and records of other runs are skipped."""
+    for log in sorted((Path(output_dir) / LOG_FOLDER).glob("rank*.jsonl")):
+        with open(log, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("run") == run:
+                    yield record
+
+
+def encode_array(values) -> str:
+    """A float32 vector as base64 of its bytes: exact, and a third of the size of JSON numbers."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype=np.float32).tobytes()).decode("ascii")
+
+
+def decode_array(text: str) -> np.ndarray:
+    """The float32 vector `encode_array` wrote."""
+    return np.frombuffer(base64.b64decode(text), dtype=np.float32)
+
+
 def decode_embedding(record: dict) -> np.ndarray:
     """The float32 embedding a record holds (written with --save-embeddings)."""
-    return np.frombuffer(base64.b64decode(record["embedding"]), dtype=np.float32)
+    return decode_array(record["embedding"])
 
 
 def _is_score(record: dict, groups: Sequence[str], with_embedding: bool) -> bool:
@@ -106,17 +145,12 @@ def read_result_logs(output_dir: str | Path, run: str, current: dict[str, list[i
     else that run's error for the path. Half-written lines of a killed run, records of other runs or of
     files that changed since, and lines missing any field are ignored."""
     scored, failed = {}, {}
-    for log in sorted((Path(output_dir) / LOG_FOLDER).glob("rank*.jsonl")):
-        for line in log.read_text(encoding="utf-8", errors="replace").split("\n"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(record, dict) or record.get("run") != run or record.get("path") not in current:
-                continue
-            path = record["path"]
-            if _is_score(record, groups, with_embedding) and record["file"] == current[path]:
-                scored[path] = record
-            elif isinstance(record.get("error"), str):
-                failed[path] = record
+    for record in log_records(output_dir, run):
+        path = record.get("path")
+        if not isinstance(path, str) or path not in current:
+            continue
+        if _is_score(record, groups, with_embedding) and record["file"] == current[path]:
+            scored[path] = record
+        elif isinstance(record.get("error"), str):
+            failed[path] = record
     return failed | scored

@@ -1,6 +1,6 @@
 """Training-free FIQA baselines that run on the same backbone as GraFIQs, behind one interface.
 
-    method = build_baseline({"method": "serfiq", "passes": 100})
+    method = SERFIQ(passes=100)
     quality = method(model, images)          # normalised images [B, 3, 112, 112] -> [B]
     method.orientation                       # "higher_is_better" | "lower_is_better" (grafiqs.evaluation.edc)
 
@@ -9,14 +9,16 @@
     faceqan         FaceQAN (Babnik, Peer, Štruc, ICPR 2022)                   higher is better
     bns_loss        the GraFIQs BN-statistics loss value itself                lower is better
 
+Each method is a dataclass of its options, so a benchmark config (`methods.baselines.serfiq: {passes: 100}`)
+is schema-checked by jsonargparse like every other section; invalid values raise InputError.
 Every method puts the model in eval mode (BatchNorm uses its running statistics) and works on
 whole batches. FaceQAN differentiates the input and bns_loss runs the GraFIQs scorer (which
 freezes the weights, as score.py does); neither computes weight gradients.
 """
 from __future__ import annotations
 
-import inspect
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,7 @@ class QualityMethod(Protocol):
     """What a benchmark runner needs of a FIQA method: a name, an orientation and a batched score."""
 
     name: str
+    label: str  # the row name in a comparison table
     orientation: Orientation
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -43,6 +46,7 @@ class QualityMethod(Protocol):
         ...
 
 
+@dataclass
 class SERFIQ:
     """SER-FIQ, "same model" variant: robustness of the embedding under dropout.
 
@@ -62,17 +66,21 @@ class SERFIQ:
     Defaults: passes=100, dropout=None (model's rate, else 0.5), seed=0.
     """
 
-    name = "serfiq"
-    orientation: Orientation = "higher_is_better"
-    AUTHORS_DROPOUT = 0.5
-    CHUNK_ELEMENTS = 2**24  # dropped trunk features per matrix product (64 MiB in float32)
+    name: ClassVar[str] = "serfiq"
+    label: ClassVar[str] = "SER-FIQ"
+    orientation: ClassVar[Orientation] = "higher_is_better"
+    AUTHORS_DROPOUT: ClassVar[float] = 0.5
+    CHUNK_ELEMENTS: ClassVar[int] = 2**24  # dropped trunk features per matrix product (64 MiB in float32)
 
-    def __init__(self, passes: int = 100, dropout: float | None = None, seed: int = 0):
-        if passes < 2:
-            raise InputError(f"SER-FIQ needs at least 2 passes to compare embeddings, got {passes}")
-        if dropout is not None and not 0 < dropout < 1:
-            raise InputError(f"SER-FIQ dropout must lie in (0, 1), got {dropout}")
-        self.passes, self.dropout, self.seed = passes, dropout, seed
+    passes: int = 100
+    dropout: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.passes < 2:
+            raise InputError(f"SER-FIQ needs at least 2 passes to compare embeddings, got {self.passes}")
+        if self.dropout is not None and not 0 < self.dropout < 1:
+            raise InputError(f"SER-FIQ dropout must lie in (0, 1), got {self.dropout}")
 
     def rate(self, model: nn.Module) -> float:
         """The dropout rate used for `model`."""
@@ -123,6 +131,7 @@ def robustness_quality(embeddings: torch.Tensor) -> torch.Tensor:
     return 2 * torch.sigmoid(-mean_distance)
 
 
+@dataclass
 class EmbeddingNorm:
     """L2 norm of the unnormalised embedding (MagFace's quality). Higher is better.
 
@@ -131,8 +140,9 @@ class EmbeddingNorm:
     other model it is reported as a baseline without that guarantee. No parameters.
     """
 
-    name = "embedding_norm"
-    orientation: Orientation = "higher_is_better"
+    name: ClassVar[str] = "embedding_norm"
+    label: ClassVar[str] = "embedding norm (MagFace)"
+    orientation: ClassVar[Orientation] = "higher_is_better"
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         model.eval()
@@ -140,6 +150,7 @@ class EmbeddingNorm:
             return model(images).float().norm(dim=1)
 
 
+@dataclass
 class FaceQAN:
     """FaceQAN: how hard it is to push an image's embedding away with adversarial noise. Higher is better.
 
@@ -162,14 +173,20 @@ class FaceQAN:
     through the model at once (forward and backward): choose B accordingly.
     """
 
-    name = "faceqan"
-    orientation: Orientation = "higher_is_better"
+    name: ClassVar[str] = "faceqan"
+    label: ClassVar[str] = "FaceQAN"
+    orientation: ClassVar[Orientation] = "higher_is_better"
 
-    def __init__(self, copies: int = 10, steps: int = 5, epsilon: float = 1e-3, exponent: int = 5, seed: int = 0):
-        if copies < 2 or steps < 1 or not 0 < epsilon < 1 or exponent < 1 or exponent != int(exponent):
+    copies: int = 10
+    steps: int = 5
+    epsilon: float = 1e-3
+    exponent: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.copies < 2 or self.steps < 1 or not 0 < self.epsilon < 1 or self.exponent < 1:
             raise InputError(f"FaceQAN needs copies >= 2, steps >= 1, 0 < epsilon < 1 and an integer exponent >= 1; got "
-                             f"copies={copies}, steps={steps}, epsilon={epsilon}, exponent={exponent}")
-        self.copies, self.steps, self.epsilon, self.exponent, self.seed = copies, steps, epsilon, exponent, seed
+                             f"copies={self.copies}, steps={self.steps}, epsilon={self.epsilon}, exponent={self.exponent}")
 
     def components(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """[B] tensors: `adversarial_mean`, `adversarial_std`, `flip_similarity` and `quality`."""
@@ -207,6 +224,7 @@ class FaceQAN:
         return self.components(model, images)["quality"]
 
 
+@dataclass
 class BNSLoss:
     """The GraFIQs BN-statistics loss of each image, as a quality score. Lower is better.
 
@@ -216,25 +234,12 @@ class BNSLoss:
     No parameters.
     """
 
-    name = "bns_loss"
-    orientation: Orientation = "lower_is_better"
+    name: ClassVar[str] = "bns_loss"
+    label: ClassVar[str] = "BNS loss"
+    orientation: ClassVar[Orientation] = "lower_is_better"
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return GraFIQsScorer(model, groups=("block4",))(images).bns_loss
 
 
 BASELINES: dict[str, type] = {method.name: method for method in (SERFIQ, EmbeddingNorm, FaceQAN, BNSLoss)}
-
-
-def build_baseline(spec: dict) -> QualityMethod:
-    """A baseline from a config entry: `{"method": "faceqan", "copies": 10}` -> FaceQAN(copies=10)."""
-    options = dict(spec)
-    method = options.pop("method", None)
-    if method not in BASELINES:
-        raise InputError(f"unknown FIQA baseline {method!r}; choose one of {', '.join(BASELINES)}")
-    cls = BASELINES[method]
-    accepted = list(inspect.signature(cls).parameters)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise InputError(f"{method} does not take {', '.join(unknown)}; it takes {', '.join(accepted) or 'no options'}")
-    return cls(**options)
