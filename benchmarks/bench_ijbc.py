@@ -9,6 +9,10 @@ aggregating random 512-d image embeddings into templates; the cosine of every te
 template and pair quality for three per-image quality rows (random higher-is-better, random
 lower-is-better magnitudes, and coarse values with many ties); and the ISO EDC with pAUC at
 discard 0.2 and 0.3 for those rows at FMR 1e-3 and 1e-4 (thresholds fixed once per FMR).
+Then the benchmark runner's evaluation (grafiqs.experiments.benchmark_report.evaluate) with every
+row of configs/benchmark/synthetic.yaml (4 baselines, the 5 official GraFIQs rows in both readings,
+the BNS loss, one score file: 16 rows plus the random reference) on the same protocol, judged by one
+FR model, CR-FIQA ERC column included: what a benchmark spends on IJB-C after its passes.
 Peak RSS is the process's maximum resident memory (getrusage).
 """
 from __future__ import annotations
@@ -70,6 +74,9 @@ def main() -> None:
     edc_s, paucs = timed(evaluate)
     for (name, fmr), values in paucs.items():
         print(f"  {name}, FMR {fmr:g}: " + ", ".join(f"pAUC@{p.limit:g} norm {p.normalised:.3f}" for p in values))
+    del similarity, pair_qualities
+    runner_s, records = timed(lambda: runner_evaluation(protocol, rng))
+    print(f"runner evaluation: {len(records)} records in {runner_s:.1f} s")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
     report("IJB-C-sized protocol", {
@@ -81,8 +88,29 @@ def main() -> None:
         "pair similarity": f"{similarity_s:.1f} s",
         "pair quality, 3 rows": f"{quality_s:.1f} s",
         "EDC + pAUC, 3 rows x 2 FMRs": f"{edc_s:.1f} s",
+        "runner evaluation, 17 rows x 2 FMRs + ERC": f"{runner_s:.1f} s",
         "peak RSS": f"{peak_gb:.2f} GB",
     }, args.record, "bench_ijbc.py", sys.argv[1:])
+
+
+def runner_evaluation(protocol, rng) -> list[dict]:
+    """benchmark_report.evaluate on the protocol with random embeddings and the synthetic config's rows."""
+    from grafiqs.data.ijbc import TemplatePairSet
+    from grafiqs.experiments.benchmark import BenchmarkConfig, EvaluationConfig, EvaluationSet, FRModel, Row
+    from grafiqs.experiments.benchmark_report import evaluate
+
+    count = protocol.num_images
+    names = ["SER-FIQ", "embedding norm (MagFace)", "FaceQAN", "BNS loss", "GraFIQs BNS loss", "CR-FIQA (file)"]
+    rows = [Row(name, rng.random(count), "higher_is_better", "baseline") for name in names]
+    for group in ("image", "block1", "block2", "block3", "block4"):
+        magnitude = rng.exponential(size=count)
+        rows += [Row(f"GraFIQs {group}", magnitude, "lower_is_better", "grafiqs"),
+                 Row(f"GraFIQs {group} (larger = better)", magnitude, "higher_is_better", "reading")]
+    eset = EvaluationSet("ijbc", protocol, TemplatePairSet(protocol), {})
+    judge = FRModel("arcface", None, False, "none", True, {})
+    passes = {("ijbc", "arcface", "embedding"): {"embedding": rng.standard_normal((count, 512), dtype=np.float32)}}
+    config = BenchmarkConfig("unused", [], [], evaluation=EvaluationConfig(fmrs=list(FMRS), limits=list(LIMITS)))
+    return evaluate(config, [eset], [judge], {"ijbc": rows}, passes).records
 
 
 if __name__ == "__main__":

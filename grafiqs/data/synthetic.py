@@ -901,12 +901,16 @@ def make_verification_probes(
     severities: Sequence[int] = (0, 1, 2, 3),
     enrol_per_identity: int = 1,
     probes_per_identity: int = 2,
+    one_per_probe: bool = False,
 ) -> list[VerificationRecord]:
     """Clean enrolments and degraded probes of held-out identities `identity_offset ..`.
 
     Per identity: samples 0..enrol_per_identity-1 are clean enrolments; each following probe
     sample appears once clean (kind "none", if 0 is in `severities`) and once per kind and
     non-zero severity, all degrading the same base image, so effects are directly comparable.
+    With `one_per_probe`, each probe sample appears once instead, at one severity drawn from
+    `severities` (0 = clean) and one kind drawn from `kinds`: a test set of mixed quality, where
+    most probes are not degraded at every level at once, as in real evaluation sets.
     """
     for kind in kinds:
         if kind not in SEVERITY_TABLE:
@@ -919,6 +923,13 @@ def make_verification_probes(
             records.append(VerificationRecord(draw_face(params, sample_nuisance(seed, identity, sample)), identity, "enrol", "none", 0, sample))
         for sample in range(enrol_per_identity, enrol_per_identity + probes_per_identity):
             base = draw_face(params, sample_nuisance(seed, identity, sample))
+            if one_per_probe:
+                r = np.random.default_rng(np.random.SeedSequence([_TAG_DEGRADE, seed, identity, sample, 0xA5]))
+                severity, kind = int(r.choice(severities)), str(r.choice(list(kinds)))
+                k = DEGRADATIONS.index(kind)
+                image = degrade(base, kind, severity, _derived_seed(_TAG_DEGRADE, seed, identity, sample, k, severity))
+                records.append(VerificationRecord(image, identity, "probe", kind if severity else "none", severity, sample))
+                continue
             if 0 in severities:
                 records.append(VerificationRecord(base, identity, "probe", "none", 0, sample))
             for k, kind in enumerate(DEGRADATIONS):
@@ -967,6 +978,7 @@ def write_demo_folder(
     enrol_per_identity: int = 1,
     probes_per_identity: int = 1,
     records: Sequence[VerificationRecord] | None = None,
+    one_per_probe: bool = False,
 ) -> Path:
     """Write verification records as PNGs plus manifest.csv (file, identity, role, degradation, severity).
 
@@ -975,7 +987,8 @@ def write_demo_folder(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if records is None:
-        records = make_verification_probes(num_identities, seed, identity_offset, kinds, severities, enrol_per_identity, probes_per_identity)
+        records = make_verification_probes(num_identities, seed, identity_offset, kinds, severities, enrol_per_identity,
+                                           probes_per_identity, one_per_probe)
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.writer(handle)

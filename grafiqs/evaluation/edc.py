@@ -233,6 +233,20 @@ def edc(scores, mated, quality, *, fmr: float | None = None, start_fnmr: float |
 # ---------------------------------------------------------------------------- CR-FIQA ERC
 
 
+def _smallest_kept(ascending: np.ndarray, kept: np.ndarray, needed: int) -> np.ndarray:
+    """The kept values of `ascending`, in order, from the first up to and past the `needed`-th: until a value
+    larger than the `needed`-th one, so that its tie group is complete (or all of them)."""
+    step = max(1 << 16, 4 * needed)
+    parts, found = [], 0
+    for start in range(0, ascending.size, step):
+        part = ascending[start:start + step][kept[start:start + step]]
+        parts.append(part)
+        found += part.size
+        if found > needed and part.size and part[-1] > np.concatenate(parts)[needed - 1]:
+            break
+    return np.concatenate(parts) if parts else ascending[:0]
+
+
 @dataclass(frozen=True)
 class ERCResult:
     """The CR-FIQA ERC at one target FMR: per rate, the recomputed distance threshold and FNMR."""
@@ -258,36 +272,62 @@ def crfiqa_erc(similarity, mated, quality, *, fmr: float = 1e-3,
       NaN when mated pairs remain but no non-mated pair fixes a threshold;
     * AUC = trapezoid rule of FNMR over the rates (0 to 0.95).
 
-    All distances are sorted once; each rate then only masks that order, so no re-sorting.
+    All distances are sorted once (`CRFIQAERC` keeps that order for further quality orders); each
+    rate then only masks it, so no re-sorting, and reads just the smallest kept non-mated distances
+    the threshold can be among.
     """
-    sim, m, q = _validate(similarity, mated, quality, orientation)
-    n = sim.size
-    if n == 0:
-        raise InputError("an ERC needs at least one pair")
-    distance = np.arccos(np.clip(sim, -1.0, 1.0)) / np.pi
-    rank = np.empty(n, dtype=np.int64)
-    rank[np.argsort(q, kind="stable")] = np.arange(n)
-    by_distance = np.argsort(distance, kind="stable")
-    distance, m, rank = distance[by_distance], m[by_distance], rank[by_distance]
+    return CRFIQAERC(similarity, mated)(quality, fmr=fmr, orientation=orientation)
 
-    fnmrs, thresholds = [], []
-    for rate in CRFIQA_RATES:
-        kept = rank >= int(rate * n)
-        non_mated = distance[kept & ~m]  # ascending
-        genuine = distance[kept & m]  # ascending
-        threshold = math.nan
-        if non_mated.size:
-            last_of_value = np.append(np.flatnonzero(non_mated[1:] != non_mated[:-1]), non_mated.size - 1)
-            candidate_fmr = (last_of_value + 1) / non_mated.size
-            threshold = float(non_mated[last_of_value[np.argmin(np.abs(candidate_fmr - fmr))]])
-        if genuine.size == 0:
-            fnmrs.append(0.0)
-        elif non_mated.size == 0:
-            fnmrs.append(math.nan)
-        else:
-            rejected = genuine.size - np.searchsorted(genuine, threshold, side="right")
-            fnmrs.append(rejected / genuine.size)
-        thresholds.append(threshold)
-    fnmr = np.array(fnmrs)
-    auc = float(np.sum((fnmr[1:] + fnmr[:-1]) / 2 * np.diff(CRFIQA_RATES)))
-    return ERCResult(CRFIQA_RATES.copy(), fnmr, np.array(thresholds), float(fmr), auc)
+
+class CRFIQAERC:
+    """`crfiqa_erc` for many quality orders of one set of comparisons: the distances are sorted once."""
+
+    def __init__(self, similarity, mated):
+        sim, m = _validate(similarity, mated)
+        if sim.size == 0:
+            raise InputError("an ERC needs at least one pair")
+        distance = np.arccos(np.clip(sim, -1.0, 1.0)) / np.pi
+        self.by_distance = np.argsort(distance)  # equal distances are interchangeable: no stable sort needed
+        self.mated = m[self.by_distance]
+        self.non_mated = distance[self.by_distance][~self.mated]  # ascending
+        self.genuine = distance[self.by_distance][self.mated]
+        self.size = sim.size
+
+    def __call__(self, quality, *, fmr: float = 1e-3, orientation: Orientation = "higher_is_better") -> ERCResult:
+        q = to_higher_is_better(quality, orientation)
+        if q.shape != (self.size,) or np.isnan(q).any():
+            raise InputError(f"quality must be a 1-D array of {self.size} numbers without NaN, got shape {q.shape}")
+        n = self.size
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.argsort(q, kind="stable")] = np.arange(n)
+        rank = rank[self.by_distance]
+        non_mated, non_mated_rank = self.non_mated, rank[~self.mated]
+        genuine_all, genuine_rank = self.genuine, rank[self.mated]
+        fnmrs, thresholds = [], []
+        for rate in CRFIQA_RATES:
+            cut = int(rate * n)
+            kept = non_mated_rank >= cut
+            count = int(np.count_nonzero(kept))
+            genuine = genuine_all[genuine_rank >= cut]  # ascending
+            threshold = math.nan
+            if count:
+                # FMR grows along the sorted distances, so the closest candidate is at or before the first tie
+                # group that reaches `fmr`: only the smallest kept distances up to that group are needed
+                smallest = _smallest_kept(non_mated, kept, max(1, math.ceil(fmr * count)))
+                last_of_value = np.flatnonzero(smallest[1:] != smallest[:-1])
+                candidate_fmr = (last_of_value + 1) / count
+                if smallest.size == count:  # every kept distance was taken: the last group is complete too
+                    last_of_value = np.append(last_of_value, count - 1)
+                    candidate_fmr = np.append(candidate_fmr, 1.0)
+                threshold = float(smallest[last_of_value[np.argmin(np.abs(candidate_fmr - fmr))]])
+            if genuine.size == 0:
+                fnmrs.append(0.0)
+            elif count == 0:
+                fnmrs.append(math.nan)
+            else:
+                rejected = genuine.size - np.searchsorted(genuine, threshold, side="right")
+                fnmrs.append(rejected / genuine.size)
+            thresholds.append(threshold)
+        fnmr = np.array(fnmrs)
+        auc = float(np.sum((fnmr[1:] + fnmr[:-1]) / 2 * np.diff(CRFIQA_RATES)))
+        return ERCResult(CRFIQA_RATES.copy(), fnmr, np.array(thresholds), float(fmr), auc)

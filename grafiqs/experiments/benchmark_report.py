@@ -27,7 +27,7 @@ class Evaluation:
 
 def evaluate(config, sets, judges, rows: dict, passes: dict) -> Evaluation:
     """Every row of every set at every FMR and limit, per judging FR model."""
-    from grafiqs.evaluation.edc import crfiqa_erc, to_higher_is_better
+    from grafiqs.evaluation.edc import CRFIQAERC, to_higher_is_better
     from grafiqs.evaluation.report import evaluate_orders
 
     settings = config.evaluation
@@ -47,10 +47,11 @@ def evaluate(config, sets, judges, rows: dict, passes: dict) -> Evaluation:
             results = evaluate_orders(similarity, eset.comparisons, orders[eset.name], settings.fmrs,
                                       severity=eset.severity, seed=config.seed)
             if settings.crfiqa_erc:
+                erc_of = CRFIQAERC(similarity, eset.comparisons.mated)
                 for result in results:
                     if result.name in orders[eset.name]:
                         quality = eset.comparisons.quality(*orders[eset.name][result.name])
-                        erc = crfiqa_erc(similarity, eset.comparisons.mated, quality, fmr=settings.fmrs[0])
+                        erc = erc_of(quality, fmr=settings.fmrs[0])
                         result.extra[f"erc_auc_crfiqa@fmr{settings.fmrs[0]:g}"] = erc.auc
             evaluation.results[model.name, eset.name] = results
             for result in results:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -169,6 +170,8 @@ class PassRunner:
         from grafiqs.data.folders import ShardSampler, collate_images
         from grafiqs.lit.quality_module import PassModule
 
+        # one Trainer per pass: its start-up notes (accelerators, tips) would repeat dozens of times
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
         loader = DataLoader(PassImages(images, todo, bgr2rgb, aligner), batch_size=self.batch_size,
                             num_workers=self.num_workers, collate_fn=collate_images, sampler=ShardSampler(len(todo)))
         writer = PassLogWriter(folder, todo, run)

@@ -29,7 +29,8 @@ class SyntheticSetSpec:
     """Which held-out identities, probes and degradations a synthetic verification set holds."""
 
     num_identities: int = 100
-    probes_per_identity: int = 1  # probe samples; each appears clean and at every kind x severity
+    probes_per_identity: int = 1  # probe samples; each appears clean and at every kind x severity ...
+    one_per_probe: bool = False  # ... or once, at one drawn kind and severity (a set of mixed quality)
     kinds: tuple[str, ...] = DEGRADATIONS
     severities: tuple[int, ...] = (0, 1, 2, 3)
     seed: int = 0
@@ -37,6 +38,8 @@ class SyntheticSetSpec:
 
     @property
     def size(self) -> int:
+        if self.one_per_probe:
+            return self.num_identities * (1 + self.probes_per_identity)
         per_probe = (0 in self.severities) + len(self.kinds) * sum(s != 0 for s in self.severities)
         return self.num_identities * (1 + self.probes_per_identity * per_probe)
 
@@ -66,7 +69,8 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
     drawing = Path(tempfile.mkdtemp(prefix=f".{folder.name}.drawing-", dir=folder.parent))
     try:
         write_demo_folder(drawing, spec.num_identities, spec.seed, spec.identity_offset, spec.kinds, spec.severities,
-                          enrol_per_identity=1, probes_per_identity=spec.probes_per_identity)
+                          enrol_per_identity=1, probes_per_identity=spec.probes_per_identity,
+                          one_per_probe=spec.one_per_probe)
         (drawing / SPEC_FILE).write_text(json.dumps(wanted, indent=1))
         for name in ours or ():  # the previous set, drawn by this function
             (folder / name).unlink()
