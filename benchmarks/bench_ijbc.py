@@ -79,7 +79,7 @@ def main() -> None:
     print(f"runner evaluation: {len(records)} records in {runner_s:.1f} s")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
-    report("IJB-C-sized protocol", {
+    report("IJB-C-sized protocol, every row of the benchmark runner", {
         "date": datetime.date.today().isoformat(),
         "protocol": f"{protocol.num_images:,} images, {len(protocol.templates):,} templates, "
                     f"{len(protocol.labels):,} pairs ({int(protocol.labels.sum()):,} genuine)",

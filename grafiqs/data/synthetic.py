@@ -902,6 +902,7 @@ def make_verification_probes(
     enrol_per_identity: int = 1,
     probes_per_identity: int = 2,
     one_per_probe: bool = False,
+    severity_weights: Sequence[float] | None = None,
 ) -> list[VerificationRecord]:
     """Clean enrolments and degraded probes of held-out identities `identity_offset ..`.
 
@@ -909,9 +910,15 @@ def make_verification_probes(
     sample appears once clean (kind "none", if 0 is in `severities`) and once per kind and
     non-zero severity, all degrading the same base image, so effects are directly comparable.
     With `one_per_probe`, each probe sample appears once instead, at one severity drawn from
-    `severities` (0 = clean) and one kind drawn from `kinds`: a test set of mixed quality, where
-    most probes are not degraded at every level at once, as in real evaluation sets.
+    `severities` (0 = clean; with probabilities `severity_weights`, default uniform) and one kind
+    drawn from `kinds`: a test set of mixed quality, where most probes are not degraded at every
+    level at once, as in real evaluation sets.
     """
+    if severity_weights is not None and (len(severity_weights) != len(severities) or min(severity_weights) < 0
+                                         or sum(severity_weights) <= 0):
+        raise ValueError(f"severity_weights must give one non-negative weight per severity {tuple(severities)}, "
+                         f"got {tuple(severity_weights)}")
+    chances = None if severity_weights is None else np.asarray(severity_weights, float) / sum(severity_weights)
     for kind in kinds:
         if kind not in SEVERITY_TABLE:
             raise ValueError(f"unknown degradation {kind!r}; choose from {', '.join(DEGRADATIONS)}")
@@ -925,7 +932,7 @@ def make_verification_probes(
             base = draw_face(params, sample_nuisance(seed, identity, sample))
             if one_per_probe:
                 r = np.random.default_rng(np.random.SeedSequence([_TAG_DEGRADE, seed, identity, sample, 0xA5]))
-                severity, kind = int(r.choice(severities)), str(r.choice(list(kinds)))
+                severity, kind = int(r.choice(severities, p=chances)), str(r.choice(list(kinds)))
                 k = DEGRADATIONS.index(kind)
                 image = degrade(base, kind, severity, _derived_seed(_TAG_DEGRADE, seed, identity, sample, k, severity))
                 records.append(VerificationRecord(image, identity, "probe", kind if severity else "none", severity, sample))
@@ -979,6 +986,7 @@ def write_demo_folder(
     probes_per_identity: int = 1,
     records: Sequence[VerificationRecord] | None = None,
     one_per_probe: bool = False,
+    severity_weights: Sequence[float] | None = None,
 ) -> Path:
     """Write verification records as PNGs plus manifest.csv (file, identity, role, degradation, severity).
 
@@ -988,7 +996,7 @@ def write_demo_folder(
     out.mkdir(parents=True, exist_ok=True)
     if records is None:
         records = make_verification_probes(num_identities, seed, identity_offset, kinds, severities, enrol_per_identity,
-                                           probes_per_identity, one_per_probe)
+                                           probes_per_identity, one_per_probe, severity_weights)
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.writer(handle)

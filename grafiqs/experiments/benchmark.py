@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -33,11 +32,11 @@ from typing import Literal, Optional
 import numpy as np
 
 from grafiqs.errors import InputError
+from grafiqs.evaluation.edc import Orientation
 from grafiqs.experiments.synthetic_set import SyntheticSetSpec
 from grafiqs.quality.baselines import SERFIQ, BNSLoss, EmbeddingNorm, FaceQAN
 
-Orientation = Literal["higher_is_better", "lower_is_better"]
-SET_KINDS = ("synthetic", "bin", "lfw", "xqlfw", "pair_list", "identity_folder", "ijbc")
+SET_WAIT_SECONDS = 3600
 
 
 # The config schema: every key at every level is checked by jsonargparse (as LightningCLI checks
@@ -287,11 +286,18 @@ def _files_digest(paths: list[str]) -> str:
 def _synthetic_set(spec: SetConfig, cache_dir: Path) -> EvaluationSet:
     from grafiqs.data.output_folder import is_primary_process
     from grafiqs.data.verification import VerificationSet
-    from grafiqs.experiments.synthetic_set import prepare_synthetic_set, read_labels
+    from grafiqs.experiments.synthetic_set import prepare_synthetic_set, read_labels, synthetic_set_ready
 
     folder = Path(spec.folder or cache_dir / "sets" / spec.name)
-    if is_primary_process():  # DDP workers start after rank 0 has drawn every set
+    if is_primary_process():
         prepare_synthetic_set(folder, spec.synthetic)
+    else:  # Lightning starts its workers after rank 0 has drawn every set; torchrun or SLURM start them at once
+        deadline = time.monotonic() + SET_WAIT_SECONDS
+        while not synthetic_set_ready(folder, spec.synthetic):
+            if time.monotonic() > deadline:
+                raise InputError(f"set {spec.name}: rank 0 has not drawn {folder} within {SET_WAIT_SECONDS} s; is "
+                                 "cache_dir on a file system every node shares?")
+            time.sleep(1)
     labels = read_labels(folder)
     names = list(labels.rows)
     paths = [str(folder / n) for n in names]

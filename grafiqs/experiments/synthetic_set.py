@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -31,6 +32,7 @@ class SyntheticSetSpec:
     num_identities: int = 100
     probes_per_identity: int = 1  # probe samples; each appears clean and at every kind x severity ...
     one_per_probe: bool = False  # ... or once, at one drawn kind and severity (a set of mixed quality)
+    severity_weights: Optional[tuple[float, ...]] = None  # one_per_probe: chance of each severity (default uniform)
     kinds: tuple[str, ...] = DEGRADATIONS
     severities: tuple[int, ...] = (0, 1, 2, 3)
     seed: int = 0
@@ -53,10 +55,10 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
     and spec.json); any other file makes it refuse: a user's images are never deleted.
     """
     folder = Path(folder)
-    wanted = asdict(spec) | {"kinds": list(spec.kinds), "severities": list(spec.severities)}
-    ours = _files_of_drawn_set(folder)
-    if ours is not None and _read_json(folder / SPEC_FILE) == wanted:
+    if synthetic_set_ready(folder, spec):
         return folder
+    wanted = _spec_json(spec)
+    ours = _files_of_drawn_set(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} is a file; the synthetic set needs a folder (created if missing)")
     foreign = sorted(set(os.listdir(folder)) - (ours or set())) if folder.is_dir() else []
@@ -70,7 +72,7 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
     try:
         write_demo_folder(drawing, spec.num_identities, spec.seed, spec.identity_offset, spec.kinds, spec.severities,
                           enrol_per_identity=1, probes_per_identity=spec.probes_per_identity,
-                          one_per_probe=spec.one_per_probe)
+                          one_per_probe=spec.one_per_probe, severity_weights=spec.severity_weights)
         (drawing / SPEC_FILE).write_text(json.dumps(wanted, indent=1))
         for name in ours or ():  # the previous set, drawn by this function
             (folder / name).unlink()
@@ -81,6 +83,17 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
         shutil.rmtree(drawing, ignore_errors=True)
         raise
     return folder
+
+
+def synthetic_set_ready(folder: str | Path, spec: SyntheticSetSpec) -> bool:
+    """Whether `folder` holds a complete set drawn for `spec` (a DDP worker waits for rank 0 to draw it)."""
+    folder = Path(folder)
+    return _files_of_drawn_set(folder) is not None and _read_json(folder / SPEC_FILE) == _spec_json(spec)
+
+
+def _spec_json(spec: SyntheticSetSpec) -> dict:
+    return asdict(spec) | {"kinds": list(spec.kinds), "severities": list(spec.severities),
+                           "severity_weights": spec.severity_weights and list(spec.severity_weights)}
 
 
 def _files_of_drawn_set(folder: Path) -> set[str] | None:
