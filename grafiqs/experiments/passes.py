@@ -147,6 +147,7 @@ class PassRunner:
         # every rank checks the merged logs (complete after the end-of-predict barrier): an error stops all
         # of them, not rank 0 alone with the others waiting for it in the next pass
         outputs, done, errors = read_pass_logs(folder, spec.digest, count)
+        _synchronise()  # every rank has read the logs before rank 0 replaces them with values.npz
         if errors:
             named = "; ".join(errors[i] for i in sorted(errors)[:MAX_NAMED_ERRORS])
             raise InputError(f"{len(errors)} images of set {spec.set_name} could not be used: {named}. The scored "
@@ -187,6 +188,14 @@ class PassRunner:
                 trainer.predict(PassModule(backbone, compute), loader, return_predictions=False)
             except (SystemExit, KeyboardInterrupt):  # Lightning turns Ctrl-C into exit(1) after stopping its workers
                 raise RunInterrupted(writer.stop_signal or 2) from None
+
+
+def _synchronise() -> None:
+    """A barrier of the DDP processes, once Lightning has started them (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _finished(folder: Path, spec: PassSpec) -> bool:
