@@ -23,3 +23,13 @@ class RunInterrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def report_stop(stop: BaseException, kept: str) -> int:
+    """Say which signal stopped a run and where its finished work is kept; the exit status 128 + signal."""
+    import signal
+    import sys
+
+    signum = stop.signum if isinstance(stop, RunInterrupted) else signal.SIGINT
+    print(f"\nstopped by {signal.Signals(signum).name}: {kept}; rerun the same command to resume", file=sys.stderr)
+    return 128 + signum

@@ -313,16 +313,22 @@ def _numbers(path: Path) -> list[tuple]:
     return [(r["model"], r["set"], r["method"], r["limit"], r["pauc_norm"], r["pauc_raw"]) for r in _long(path)]
 
 
-def test_two_processes_give_the_table_of_one(formats):
+@pytest.fixture(scope="module")
+def single(formats):
+    """The small benchmark run in one process, uninterrupted: the table the other runs must give."""
     folder, world, _, _ = formats
-    single = run_benchmark(load_config(_small(folder, world, "single")))
+    return run_benchmark(load_config(_small(folder, world, "single")))
+
+
+def test_two_processes_give_the_table_of_one(formats, single):
+    folder, world, _, _ = formats
     process = _run_script("--config", str(_small(folder, world, "double")), "--devices", "2", "--accelerator", "cpu")
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert _numbers(folder / "double" / "results_long.csv") == _numbers(single["long"])
 
 
-def test_an_interrupted_benchmark_resumes_without_rescoring_finished_passes(formats, capsys):
+def test_an_interrupted_benchmark_resumes_without_rescoring_finished_passes(formats, single, capsys):
     folder, world, _, _ = formats
     config = _small(folder, world, "interrupted", batch_size=1)
     cache = folder / "interrupted" / "cache"
@@ -341,12 +347,12 @@ def test_an_interrupted_benchmark_resumes_without_rescoring_finished_passes(form
     printed = capsys.readouterr().out
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # loaded, not recomputed
     assert printed.count("pass ") == 3 - len(finished)
-    assert _numbers(result["long"]) == _numbers(folder / "single" / "results_long.csv")
+    assert _numbers(result["long"]) == _numbers(single["long"])
     again = run_benchmark(load_config(config))  # a second run with a finished cache scores nothing
     assert "pass " not in capsys.readouterr().out and _numbers(again["long"]) == _numbers(result["long"])
 
 
-def test_a_second_config_reuses_the_passes_it_shares(formats, capsys):
+def test_a_second_config_reuses_the_passes_it_shares(formats, single, capsys):
     folder, world, _, _ = formats
     shared = str(folder / "single" / "cache")
     grown = _small(folder, world, "grown", cache_dir=shared, methods={

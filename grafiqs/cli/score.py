@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from grafiqs.data.output_folder import file_digest, is_primary_process
-from grafiqs.errors import GrafiqsError, ImageError, InputError, RunInterrupted
+from grafiqs.errors import GrafiqsError, ImageError, InputError, RunInterrupted, report_stop
 
 # --compile auto compiles from this many images to score. iresnet50 on 2 cores: compiling saves ~13 ms
 # per float32 image (6.5 -> 7.1 img/s) and ~34 ms per bf16 image (9.5 -> 14 img/s), against ~85 s for a
@@ -205,12 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, RunInterrupted) as stop:
-        import signal
-
-        signum = stop.signum if isinstance(stop, RunInterrupted) else signal.SIGINT
-        print(f"\nstopped by {signal.Signals(signum).name}: finished batches are kept in {log_dir(args)}; rerun the same "
-              "command to resume", file=sys.stderr)
-        return 128 + signum
+        return report_stop(stop, f"finished batches are kept in {log_dir(args)}")
     except OSError as error:  # read-only folder, full disk, ...: name the file, keep what is done
         where = error.filename or args.output_dir or "the output folder"
         print(f"error: cannot write {where}: {error.strerror or error}. Batches already scored are kept in {log_dir(args)}; "

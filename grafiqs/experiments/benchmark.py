@@ -541,7 +541,7 @@ def set_rows(config: BenchmarkConfig, eset: EvaluationSet, passes: dict, quality
 
 def main(argv: list[str] | None = None, prog: str = "benchmark.py") -> int:
     from grafiqs.allocator import retain_freed_memory
-    from grafiqs.errors import GrafiqsError, RunInterrupted
+    from grafiqs.errors import GrafiqsError, RunInterrupted, report_stop
 
     retain_freed_memory()  # faster batches on CPU; see grafiqs/allocator.py
     arguments = sys.argv[1:] if argv is None else argv
@@ -552,12 +552,7 @@ def main(argv: list[str] | None = None, prog: str = "benchmark.py") -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, RunInterrupted) as stop:
-        import signal
-
-        signum = stop.signum if isinstance(stop, RunInterrupted) else signal.SIGINT
-        print(f"\nstopped by {signal.Signals(signum).name}: finished passes and batches are kept in the cache; rerun the "
-              "same command to resume", file=sys.stderr)
-        return 128 + signum
+        return report_stop(stop, "finished passes and batches are kept in the cache")
     if result is None:  # a DDP worker: rank 0 reports
         return 0
     text = result["markdown"].read_text(encoding="utf-8")
