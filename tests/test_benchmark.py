@@ -394,6 +394,8 @@ def test_every_key_at_every_level_of_the_config_is_checked(tmp_path, text, messa
     ({"methods": {"external": [{"name": "x", "set": "lfw", "path": "p", "orientation": "higher_is_better"}]}},
      "set 'lfw' is not one of the sets"),
     ({"sets": [{"name": "..", "kind": "synthetic"}]}, "starts with a dot"),
+    ({"methods": {"external": [{"name": "SER-FIQ", "set": "s", "path": "p", "orientation": "higher_is_better"}]}},
+     "the name is another row's"),
 ])
 def test_names_are_checked_before_anything_runs(tmp_path, change, message):
     path = tmp_path / "c.yaml"

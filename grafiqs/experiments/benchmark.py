@@ -34,7 +34,7 @@ import numpy as np
 from grafiqs.errors import InputError
 from grafiqs.evaluation.edc import Orientation
 from grafiqs.experiments.synthetic_set import SyntheticSetSpec
-from grafiqs.quality.baselines import SERFIQ, BNSLoss, EmbeddingNorm, FaceQAN
+from grafiqs.quality.baselines import BASELINES, SERFIQ, BNSLoss, EmbeddingNorm, FaceQAN
 
 SET_WAIT_SECONDS = 3600
 
@@ -217,10 +217,16 @@ def _check_names(config: BenchmarkConfig) -> None:
     quality = config.methods.quality_model
     if quality is not None and quality not in models:
         raise InputError(f"methods.quality_model {quality!r} is not one of the models ({', '.join(sorted(models))})")
+    taken = {method.label for method in BASELINES.values()}
+    seen = set()
     for external in config.methods.external:
         if external.set not in sets:
             raise InputError(f"methods.external {external.name!r}: set {external.set!r} is not one of the sets "
                              f"({', '.join(sorted(sets))})")
+        if external.name in taken or external.name.startswith(("GraFIQs", "reference:")) or (external.set, external.name) in seen:
+            raise InputError(f"methods.external {external.name!r} on set {external.set!r}: the name is another row's; "
+                             "rows are named uniquely per set (GraFIQs... and reference:... are the runner's)")
+        seen.add((external.set, external.name))
 
 
 # --------------------------------------------------------------------------- evaluation sets
@@ -467,9 +473,12 @@ def run_benchmark(config: BenchmarkConfig) -> dict | None:
     out = Path(config.output_dir)
     cache_dir = Path(config.cache_dir or out / "cache")
     primary = is_primary_process()
+    output, written = OutputFolder(out, "output_dir"), output_names(config)
     if primary:
-        OutputFolder(out, "output_dir").claim(output_names(config))
+        output.claim(written)
     sets = [load_set(spec, cache_dir) for spec in config.sets]
+    # other methods' score files are read before any pass runs: a missing entry must not wait for hours of scoring
+    external = {eset.name: external_rows(config, eset) for eset in sets} if primary else {}
     models = {spec.name: load_model(spec) for spec in config.models}
     quality_model = models[config.methods.quality_model or config.models[0].name]
     runner = PassRunner(cache_dir, config.accelerator, config.devices, config.num_nodes, config.batch_size,
@@ -502,10 +511,8 @@ def run_benchmark(config: BenchmarkConfig) -> dict | None:
                 options=dataclasses.asdict(method))
     if not primary:
         return None
-    for model in models.values():  # the passes are done: leave the networks as a user's code expects them
-        model.network.requires_grad_(True)
-
-    rows = {eset.name: set_rows(config, eset, passes, quality_model.name, baselines) for eset in sets}
+    rows = {eset.name: external[eset.name] + set_rows(config, eset, passes, quality_model.name, baselines)
+            for eset in sets}
     from grafiqs.experiments.benchmark_report import evaluate, write_report
 
     evaluation = evaluate(config, sets, [m for m in models.values() if m.judge], rows, passes)
@@ -515,27 +522,24 @@ def run_benchmark(config: BenchmarkConfig) -> dict | None:
     from grafiqs.data.score_files import atomic_write_text
 
     atomic_write_text(out / "summary.json", json.dumps(report["summary"], indent=1, allow_nan=True))
+    output.remove(output.written() - written)  # e.g. the tables of a model an earlier run of this folder had
     return report
 
 
-def set_rows(config: BenchmarkConfig, eset: EvaluationSet, passes: dict, quality_model: str, baselines: list) -> list[Row]:
-    """A set's rows: other methods' score files, the baselines, the GraFIQs columns."""
+def external_rows(config: BenchmarkConfig, eset: EvaluationSet) -> list[Row]:
+    """Other methods' score files for this set, matched to its images."""
     from grafiqs.data.score_files import read_external_scores
 
-    rows = []
-    for external in config.methods.external:
-        if external.set == eset.name:
-            scores = read_external_scores(external.path, external.orientation, eset.image_names)
-            rows.append(Row(external.name, scores.scores, external.orientation, "external"))
-    for method in baselines:
-        rows.append(Row(method.label, passes[eset.name, quality_model, method.name]["quality"], method.orientation,
-                        "baseline"))
+    return [Row(e.name, read_external_scores(e.path, e.orientation, eset.image_names).scores, e.orientation, "external")
+            for e in config.methods.external if e.set == eset.name]
+
+
+def set_rows(config: BenchmarkConfig, eset: EvaluationSet, passes: dict, quality_model: str, baselines: list) -> list[Row]:
+    """A set's rows from its passes: the baselines, then the GraFIQs columns."""
+    rows = [Row(method.label, passes[eset.name, quality_model, method.name]["quality"], method.orientation, "baseline")
+            for method in baselines]
     if config.methods.grafiqs is not None:
         rows += grafiqs_rows(passes[eset.name, quality_model, "grafiqs"], config.methods.grafiqs)
-    names = [row.name for row in rows]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise InputError(f"set {eset.name}: two rows are named {repeated[0]!r}; rename the external score file entry")
     return rows
 
 
