@@ -237,12 +237,14 @@ def _smallest_kept(ascending: np.ndarray, kept: np.ndarray, needed: int) -> np.n
     """The kept values of `ascending`, in order, from the first up to and past the `needed`-th: until a value
     larger than the `needed`-th one, so that its tie group is complete (or all of them)."""
     step = max(1 << 16, 4 * needed)
-    parts, found = [], 0
+    parts, found, needed_value = [], 0, None
     for start in range(0, ascending.size, step):
         part = ascending[start:start + step][kept[start:start + step]]
+        if needed_value is None and found + part.size >= needed:
+            needed_value = part[needed - 1 - found]
         parts.append(part)
         found += part.size
-        if found > needed and part.size and part[-1] > np.concatenate(parts)[needed - 1]:
+        if needed_value is not None and part.size and part[-1] > needed_value:
             break
     return np.concatenate(parts) if parts else ascending[:0]
 

@@ -282,10 +282,11 @@ def _files_digest(paths: list[str]) -> str:
     """Digest of the images' names, sizes and modification times: replaced images make new passes."""
     import hashlib
 
+    from grafiqs.data.folders import file_identity
+
     digest = hashlib.sha256()
-    for path in paths:
-        info = os.stat(path)
-        digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    for path in paths:  # the identity score.py's resume checks per file: [size, mtime]
+        digest.update(f"{path}\0{file_identity(os.stat(path))}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -451,17 +452,16 @@ def grafiqs_rows(columns: dict[str, np.ndarray], variants: VariantsConfig) -> li
 def output_names(config: BenchmarkConfig) -> set[str]:
     """The files a run writes into output_dir (entered in its ledger before anything is written)."""
     from grafiqs.evaluation.tables import comparison_table_names
-    from grafiqs.data.score_files import safe_file_name as safe_name
+    from grafiqs.experiments.benchmark_report import edc_grid_name, ranked_stem, scores_name
 
     judges = [m.name for m in config.models if m.judge]
     fmrs, limits = config.evaluation.fmrs, config.evaluation.limits
     names = {"summary.json", "tables.md", "tables.tex", "results_long.csv"}
     names |= comparison_table_names(judges, fmrs, limits, config.evaluation.metrics)
     for model in judges:
-        names |= {f"edc_{safe_name(model)}_fmr{fmr:g}.png" for fmr in fmrs}
-        for s in config.sets:
-            names |= {f"ranked/{safe_name(s.name)}__{safe_name(model)}.{ext}" for ext in ("csv", "md")}
-    return names | {f"scores/{safe_name(s.name)}.csv" for s in config.sets}
+        names |= {edc_grid_name(model, fmr) for fmr in fmrs}
+        names |= {f"{ranked_stem(s.name, model)}.{ext}" for s in config.sets for ext in ("csv", "md")}
+    return names | {scores_name(s.name) for s in config.sets}
 
 
 def run_benchmark(config: BenchmarkConfig) -> dict | None:

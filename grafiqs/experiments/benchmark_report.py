@@ -18,6 +18,18 @@ import numpy as np
 from grafiqs.data.score_files import safe_file_name
 
 
+def ranked_stem(set_name: str, model: str) -> str:
+    return f"ranked/{safe_file_name(set_name)}__{safe_file_name(model)}"
+
+
+def edc_grid_name(model: str, fmr: float) -> str:
+    return f"edc_{safe_file_name(model)}_fmr{fmr:g}.png"
+
+
+def scores_name(set_name: str) -> str:
+    return f"scores/{safe_file_name(set_name)}.csv"
+
+
 @dataclass
 class Evaluation:
     records: list[dict] = field(default_factory=list)  # long form: one per model, set, method, FMR, limit
@@ -91,9 +103,10 @@ def write_report(config, out: Path, sets, rows: dict, evaluation: Evaluation) ->
     written = write_comparison_tables(evaluation.records, out, settings.metrics)
     for (model, set_name), results in evaluation.results.items():
         header, ranked = table_rows(results, settings.fmrs, settings.limits)
-        write_table(header, ranked, out / "ranked", stem=f"{safe_file_name(set_name)}__{safe_file_name(model)}")
+        folder, stem = ranked_stem(set_name, model).split("/")
+        write_table(header, ranked, out / folder, stem=stem)
     for eset in sets:
-        write_scores(out / "scores" / f"{safe_file_name(eset.name)}.csv", eset, rows[eset.name])
+        write_scores(out / scores_name(eset.name), eset, rows[eset.name])
     methods = plotted_methods(config, rows, evaluation.records)
     names = [s.name for s in sets]
     plots = []
@@ -101,7 +114,7 @@ def write_report(config, out: Path, sets, rows: dict, evaluation: Evaluation) ->
         for fmr in settings.fmrs:
             curves = {(s, r.name): r.curves[fmr] for (m, s), results in evaluation.results.items() if m == model
                       for r in results}
-            plots.append(plot_edc_grid(curves, names, methods, fmr, out / f"edc_{safe_file_name(model)}_fmr{fmr:g}.png",
+            plots.append(plot_edc_grid(curves, names, methods, fmr, out / edc_grid_name(model, fmr),
                                        limit=settings.limits[-1],
                                        title=f"{config.name or out.name}: judged by {model}, FMR {fmr:g}"))
     summary = {

@@ -39,9 +39,8 @@ Aggregations of a group's gradient g (all its tensors together), per sample:
 from __future__ import annotations
 
 import itertools
-import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Iterable, Sequence
 
@@ -194,7 +193,6 @@ class VariantScores:
     columns: dict[str, torch.Tensor]  # column name -> [B]; a sample whose status is not ok has NaN gradient columns
     embedding: torch.Tensor  # [B, D] float32, from the single batched forward
     status: torch.Tensor  # [B] int codes, see STATUS_MESSAGES: 0 ok, else why its gradient columns are NaN
-    seconds: dict[str, float] = field(default_factory=dict)  # time of the activation / parameter passes
     # f"{loss.name}|group={group}" -> dL/d(group) of the activation groups, with keep_gradients=True
     gradients: dict[str, torch.Tensor] | None = None
 
@@ -289,20 +287,16 @@ class VariantScorer:
 
     def __call__(self, images: torch.Tensor, keep_gradients: bool = False) -> VariantScores:
         """Columns of normalised images [B, 3, H, W]; `keep_gradients` also returns the activation gradients."""
-        start = time.perf_counter()
         columns, embedding, gradients = self._activation_pass(images, keep_gradients)
-        seconds = {"activation_pass": time.perf_counter() - start}
         if self.parameter_groups:
-            start = time.perf_counter()
             columns.update(self._parameter_pass(images))
-            seconds["parameter_pass"] = time.perf_counter() - start
         losses = {loss_column(loss) for loss in self.all_losses}
         scores = [name for name in self.columns if name not in losses]
         status = numeric_status(images.detach(), [columns[n] for n in losses], [columns[n] for n in scores])
         invalid = status != STATUS_OK
         if invalid.any():  # every gradient column of such a sample becomes NaN; its loss values stay as they are
             columns.update({n: columns[n].masked_fill(invalid, float("nan")) for n in scores})
-        return VariantScores({name: columns[name] for name in self.columns}, embedding, status, seconds,
+        return VariantScores({name: columns[name] for name in self.columns}, embedding, status,
                              gradients if keep_gradients else None)
 
     def _autocast(self, device: torch.device):
