@@ -72,6 +72,27 @@ def test_channel_moments_stay_float32_under_bf16_autocast():
     assert torch.allclose(variance, x.var(dim=(2, 3), correction=0), rtol=1e-6)
 
 
+def test_channel_moments_of_bf16_and_channels_last_inputs_are_float32_statistics_of_those_values():
+    torch.manual_seed(3)
+    values = (0.3 + 0.5 * torch.randn(2, 5, 9, 7)).bfloat16()
+    expected_variance, expected_mean = torch.var_mean(values.double(), dim=(2, 3), correction=0)
+    weights = torch.randn(2, 2, 5, dtype=torch.float64)
+    for x in (values, values.contiguous(memory_format=torch.channels_last),
+              values.float().contiguous(memory_format=torch.channels_last)):
+        x = x.detach().requires_grad_(True)
+        mean, variance = ChannelMoments.apply(x)
+        assert mean.dtype == variance.dtype == torch.float32  # no bf16 rounding of the statistics
+        assert torch.allclose(mean.double(), expected_mean, rtol=1e-6)
+        assert torch.allclose(variance.double(), expected_variance, rtol=1e-6)
+        (gradient,) = torch.autograd.grad((weights[0] * mean + weights[1] * variance).sum(), x)
+        reference = values.double().requires_grad_(True)
+        expected_variance_, expected_mean_ = torch.var_mean(reference, dim=(2, 3), correction=0)
+        (expected,) = torch.autograd.grad((weights[0] * expected_mean_ + weights[1] * expected_variance_).sum(), reference)
+        assert gradient.dtype == x.dtype  # the gradient flows on in the activation's own precision
+        tolerance = 1e-2 if x.dtype == torch.bfloat16 else 1e-5
+        assert torch.allclose(gradient.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max())
+
+
 HEAP_SCRIPT = """
 import ctypes, sys, torch
 from grafiqs.allocator import retain_freed_memory

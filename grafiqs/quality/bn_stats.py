@@ -80,28 +80,31 @@ def _never_recorded(layer: nn.BatchNorm2d) -> bool:
 
 
 def _store(recorded: LayerStatistics, name: str, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-    # float32 statistics even under bf16 autocast: the loss compares small differences
-    recorded[name] = ChannelMoments.apply(inputs[0].float())
+    recorded[name] = ChannelMoments.apply(inputs[0])
 
 
 class ChannelMoments(torch.autograd.Function):
     """Per-sample channel mean and biased variance over (H, W) of [B, C, H, W], with a one-pass backward.
 
-    The numbers of `torch.var_mean(x, dim=(2, 3), correction=0)` (two-pass: the mean, then the
-    centred squares summed by a batched dot product), 3-4x faster forward and backward together
-    on CPU: var_mean's reduction is slow there, and autograd's var_mean backward takes five
-    elementwise passes over x where this takes one: dL/dx = dL/dmean / n + dL/dvar * 2 (x - mean) / n.
+    float32 statistics (float64 of a float64 input) of any input: the loss compares small
+    differences. A bf16 (autocast) input is widened once, and that float copy becomes the centred
+    values in place and is freed after the forward: the backward keeps only the bf16 input. Any
+    memory layout is read as it is (channels_last included: no layout copy). Two passes, as
+    `torch.var_mean(x, dim=(2, 3), correction=0)` computes it (the mean, then the summed squares of
+    the centred values), without its slow CPU reduction and its five-pass backward; the backward
+    here is one pass: dL/dx = dL/dmean / n + dL/dvar * 2 (x - mean) / n.
     """
 
     generate_vmap_rule = True  # the ablation's per-sample weight gradients run it under torch.func.vmap
 
     @staticmethod
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, channels, height, width = x.shape
-        mean = x.mean(dim=(2, 3))
-        centred = (x - mean[:, :, None, None]).reshape(batch * channels, height * width)
-        with torch.autocast(x.device.type, enabled=False):  # bf16 autocast would cast the bmm down
-            variance = torch.bmm(centred[:, None, :], centred[:, :, None]).view(batch, channels) / (height * width)
+        count = x.shape[2] * x.shape[3]
+        wide = _widened(x)
+        mean = wide.sum(dim=(2, 3)) / count
+        # reuse the widened copy for the centred values; never write into the input itself
+        centred = wide.sub_(mean[:, :, None, None]) if wide is not x else x - mean[:, :, None, None]
+        variance = centred.mul_(centred).sum(dim=(2, 3)) / count
         return mean, variance
 
     @staticmethod
@@ -114,4 +117,9 @@ class ChannelMoments(torch.autograd.Function):
         count = x.shape[2] * x.shape[3]
         scale = grad_variance * (2.0 / count)
         offset = grad_mean / count - scale * mean
-        return torch.addcmul(offset[:, :, None, None], x, scale[:, :, None, None])
+        return torch.addcmul(offset[:, :, None, None], _widened(x), scale[:, :, None, None]).to(x.dtype)
+
+
+def _widened(x: torch.Tensor) -> torch.Tensor:
+    """x itself if it is float32 or float64, else a float32 copy (mixed-dtype elementwise ops are slower on CPU)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
