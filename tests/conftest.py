@@ -1,5 +1,8 @@
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +10,9 @@ import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# score.py records measured speeds (and inductor its kernels) in a cache folder: never the user's one in tests
+os.environ["GRAFIQS_CACHE_DIR"] = tempfile.mkdtemp(prefix="grafiqs-test-cache-")
+atexit.register(shutil.rmtree, os.environ["GRAFIQS_CACHE_DIR"], ignore_errors=True)
 
 from grafiqs.models.iresnet import IResNet  # noqa: E402
 

@@ -144,10 +144,26 @@ def test_help_explains_direction_and_outputs(capsys):
         assert phrase in text
 
 
-def test_compiled_stages_score_like_eager_including_a_padded_last_batch(tmp_path, tiny_weights, faces):
-    """--compile on: torch.compile'd stages, the last batch (2 of 4) zero-padded; same numbers within 1e-4."""
+def test_compile_auto_follows_the_speeds_measured_here_and_compiled_stages_score_like_eager(
+        tmp_path, tiny_weights, faces, capsys, monkeypatch):
+    """An eager run records its speed; with a compiled speed on record that pays for 6 images, --compile auto
+    compiles (the last batch, 2 of 4, zero-padded) and the scores equal eager ones within 1e-4; the run replaces
+    the recorded compilation time by the one it measured."""
+    import torch
+
+    from grafiqs.hardware import SpeedStore, Speeds
+    from grafiqs.models.iresnet import build_iresnet
+
+    monkeypatch.setenv("GRAFIQS_CACHE_DIR", str(tmp_path / "cache"))
     assert score(faces, tmp_path / "eager", tiny_weights, "--batch-size", 4, "--compile", "off") == 0
-    assert score(faces, tmp_path / "compiled", tiny_weights, "--batch-size", 4, "--compile", "on") == 0
+    store = SpeedStore()
+    ((key, recorded),) = json.loads(store.path.read_text())["speeds"].items()
+    assert f"torch {torch.__version__}" in key and "precision 32 | batch 4 | from image" in key
+    assert recorded["eager"] > 0 and recorded["compiled"] is None  # the second batch was timed, the first warmed up
+    store.put(key, Speeds(eager=recorded["eager"], compiled=recorded["eager"] / 10, compile=0.0))
+    assert score(faces, tmp_path / "compiled", tiny_weights, "--batch-size", 4, "--compile", "auto") == 0
+    assert "--compile auto: compiling for 6 images (measured on this machine" in capsys.readouterr().out
+    assert store.get(key).compile > 0  # measured: the first compiled batch's time less a compiled batch's
     eager = read_csv(tmp_path / "eager" / "scores.csv")
     compiled = read_csv(tmp_path / "compiled" / "scores.csv")
     assert [r["path"] for r in eager] == [r["path"] for r in compiled] and len(eager) == len(FACES)
@@ -179,7 +195,14 @@ def test_the_summary_points_to_bf16_only_where_the_hardware_has_bf16_units(tmp_p
     found = hardware.bf16_units(torch)
     assert set(found) <= set(hardware.BF16_CPU_FLAGS.values()) | {u for u in found if u.startswith("CUDA")}
     monkeypatch.setattr(hardware, "bf16_units", lambda torch: ["AMX-BF16"])
-    assert score(faces, tmp_path / "a", tiny_weights) == 0
+    monkeypatch.setenv("GRAFIQS_CACHE_DIR", str(tmp_path / "cache"))  # no speeds measured yet
+    assert score(faces, tmp_path / "a", tiny_weights, "--batch-size", 2) == 0
     assert "note: this machine has AMX-BF16: --precision bf16" in capsys.readouterr().out
-    assert score(faces, tmp_path / "b", tiny_weights, "--precision", "bf16") == 0
+    assert score(faces, tmp_path / "b", tiny_weights, "--batch-size", 2, "--precision", "bf16") == 0
     assert "note: this machine has" not in capsys.readouterr().out
+    # both precisions measured here now: the note names bf16 only if it was measured faster
+    speeds = {key.split("| precision ")[1].split(" ")[0]: value["eager"]
+              for key, value in json.loads(hardware.SpeedStore().path.read_text())["speeds"].items()}
+    assert score(faces, tmp_path / "c", tiny_weights, "--batch-size", 2) == 0
+    out = capsys.readouterr().out
+    assert ("note: --precision bf16 ran" in out) == (speeds["bf16"] < speeds["32"]) and "this machine has" not in out

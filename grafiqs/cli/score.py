@@ -14,12 +14,6 @@ from pathlib import Path
 from grafiqs.data.output_folder import file_digest, is_primary_process
 from grafiqs.errors import GrafiqsError, ImageError, InputError, RunInterrupted, report_stop
 
-# --compile auto compiles from this many images to score. iresnet50 on 2 cores: compiling saves ~13 ms
-# per float32 image (6.5 -> 7.1 img/s) and ~34 ms per bf16 image (9.5 -> 14 img/s), against ~85 s for a
-# cold compilation (~20 s cached): it repays itself after ~6,500 / ~1,500 (cached) float32 images and
-# ~2,500 / ~600 bf16 images.
-COMPILE_AUTO_IMAGES = {"32": 5000, "bf16": 1500}
-
 DESCRIPTION = """\
 GraFIQs face image quality: push each aligned 112x112 face crop through a frozen
 BatchNorm iResNet, measure how far the per-image BatchNorm input statistics are from
@@ -159,10 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         default="auto",
         choices=["auto", "on", "off"],
-        help="torch.compile the network's stages: ~1.1-1.2x faster per float32 image (same math within 1e-4 relative), "
-        "~1.4x per bf16 image, after a one-time compilation of ~85 s for iresnet50 on 2 CPU cores (~20 s once "
-        f"cached). auto: on from {COMPILE_AUTO_IMAGES['32']} images to score ({COMPILE_AUTO_IMAGES['bf16']} with "
-        "--precision bf16), where it repays itself (default: auto)",
+        help="torch.compile the network's stages: faster per image (same math within 1e-4 relative) after a one-time "
+        "compilation (~85 s for iresnet50 on 2 CPU cores, ~20 s from the cache). auto (default): compile when this "
+        "run's images reach the break-even measured on this machine for the setting; without a measurement, time "
+        "eager batches and, when the rest would take 10 minutes or more, compile once to measure and keep the "
+        "faster. Every run records its speeds in ~/.cache/grafiqs (GRAFIQS_CACHE_DIR), with inductor's kernels",
     )
     extra.add_argument(
         "--save-embeddings", action="store_true", help="also write the FR embeddings of the same forward pass (embeddings.npy)"
@@ -292,12 +287,10 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning's own deprecation noise
-            compile_stages = args.compile == "on" or (
-                args.compile == "auto" and len(todo) >= COMPILE_AUTO_IMAGES[args.precision])
-            if compile_stages and trainer.is_global_zero:
-                print(f"compiling the network's stages for {len(todo)} images (--compile off skips it) ...", flush=True)
+            choice = compile_choice(args, torch, backbone, accelerator, -(-len(todo) // trainer.world_size),
+                                    trainer.is_global_zero)
             module = GraFIQsModule(backbone, groups=args.groups, precision=args.precision,
-                                   return_embeddings=args.save_embeddings, compile=compile_stages)
+                                   return_embeddings=args.save_embeddings, compile_choice=choice)
             try:
                 trainer.predict(module, loader, return_predictions=False)
             except (SystemExit, KeyboardInterrupt):  # Lightning turns Ctrl-C into exit(1) after stopping its workers
@@ -311,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
     output.remove(output.written() - outputs)  # e.g. an embeddings.npy of an earlier run with --save-embeddings
     summary["seconds"] = time.perf_counter() - started
     summary["bf16_units"] = bf16_units(torch)
+    summary["compile"] = module.compile_choice.report() if todo else None
+    summary["measured_bf16"] = measured_bf16_speed(args, torch, backbone, accelerator)
     print_summary(summary, args, output.path)
     if args.demo:
         print_demo_report(output.path, summary["scored"], records, labels, summary["embeddings"])
@@ -319,6 +314,39 @@ def run(args: argparse.Namespace) -> int:
               "got NaN scores (see errors.csv and the status column of scores.csv)", file=sys.stderr)
         return 5
     return 0
+
+
+def compile_choice(args, torch, backbone, accelerator: str, images: int, primary: bool):
+    """How --compile decides for this run (grafiqs.hardware.CompileChoice); only the first process records speeds."""
+    from grafiqs.hardware import CompileChoice, SpeedStore, cache_folder
+
+    # inductor's compiled kernels beside the speeds, so a compilation is reused after /tmp is cleared
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_folder() / "inductor"))
+
+    if args.compile == "on" and primary:
+        print(f"compiling the network's stages for {images} images (--compile off skips it) ...", flush=True)
+    return CompileChoice(args.compile, images, setting_key(args, torch, backbone, accelerator, args.precision),
+                         SpeedStore() if primary else None, say=(lambda text: print(text, flush=True)) if primary else str)
+
+
+def setting_key(args, torch, backbone, accelerator: str, precision: str) -> str:
+    from grafiqs.hardware import speed_key
+
+    device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
+    return speed_key(torch, device, list(backbone.layers_per_stage) + list(backbone.widths), precision,
+                     args.batch_size, args.groups[0])
+
+
+def measured_bf16_speed(args, torch, backbone, accelerator: str) -> dict | None:
+    """This machine's recorded bf16 and float32 seconds per image for this setting, when both were measured."""
+    from grafiqs.hardware import SpeedStore
+
+    store = SpeedStore()
+    bf16, fp32 = (store.get(setting_key(args, torch, backbone, accelerator, p)) for p in ("bf16", "32"))
+    fastest = lambda speeds: min((s for s in (speeds.eager, speeds.compiled) if s is not None), default=None)  # noqa: E731
+    if fastest(bf16) is None or fastest(fp32) is None:
+        return None
+    return {"bf16_img_s": 1 / fastest(bf16), "fp32_img_s": 1 / fastest(fp32)}
 
 
 def check_options(args, groups) -> None:
@@ -559,8 +587,14 @@ def print_summary(summary: dict, args, output_dir: Path) -> None:
         print(f"skipped {len(summary['failed'])} unreadable files (listed in {output_dir / 'errors.csv'}):", file=sys.stderr)
         for path, reason in summary["failed"][:10]:
             print(f"  {reason}", file=sys.stderr)
-    if args.precision == "32" and summary["bf16_units"]:
+    if summary["compile"] and summary["compile"]["mode"] == "auto":
+        print(summary["compile"]["reason"])
+    measured = summary["measured_bf16"]
+    if args.precision == "32" and measured and measured["bf16_img_s"] > measured["fp32_img_s"]:
+        print(f"note: --precision bf16 ran {measured['bf16_img_s']:.1f} img/s on this machine for this setting, float32 "
+              f"{measured['fp32_img_s']:.1f}; it is an approximation (Spearman >= 0.9995 per group against float32, "
+              "benchmarks/RESULTS.md)")
+    elif args.precision == "32" and summary["bf16_units"] and not measured:
         print(f"note: this machine has {', '.join(summary['bf16_units'])}: --precision bf16 (an approximation, Spearman "
-              ">= 0.9995 per group against float32) ran 2.5-3.7x faster than the float32 per-image loop for iresnet50 on "
-              "2 CPU cores (benchmarks/RESULTS.md)")
+              ">= 0.9995 per group against float32) may be faster; one bf16 run measures it for this note")
     print(f"wrote GraFIQs_<group>.txt, scores.csv and errors.csv to {output_dir}")

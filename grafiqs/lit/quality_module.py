@@ -1,11 +1,14 @@
 """Lightning wrapper that runs the GraFIQs scorer in `predict_step` (the math lives in grafiqs.quality)."""
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import torch
 from torch import nn
 
 from grafiqs.data.decode import normalize
+from grafiqs.hardware import CompileChoice
 from grafiqs.quality.scorer import GROUPS, GraFIQsScorer
 
 
@@ -14,12 +17,17 @@ class GraFIQsModule(L.LightningModule):
 
     Lightning runs predict under `no_grad` (and under gloo DDP always), so the
     scorer enables gradients itself; under `inference_mode` nothing could.
+    `compile_choice` (grafiqs.hardware.CompileChoice) picks eager or compiled stages per batch
+    and is told how long each batch took; without it the stages run eagerly.
     """
 
     def __init__(self, backbone: nn.Module, groups: tuple[str, ...] = GROUPS, precision: str = "32",
-                 return_embeddings: bool = False, compile: bool = False, channels_last: bool = False):
+                 return_embeddings: bool = False, compile_choice: CompileChoice | None = None,
+                 channels_last: bool = False):
         super().__init__()
         self.backbone = backbone
+        self.compile_choice = compile_choice
+        compile = {"on": True, "off": False, "auto": "auto"}[compile_choice.mode] if compile_choice else False
         self.scorer = GraFIQsScorer(backbone, groups, precision=precision, channels_last=channels_last, compile=compile)
         self.return_embeddings = return_embeddings
 
@@ -29,15 +37,24 @@ class GraFIQsModule(L.LightningModule):
             return prediction | {"scores": {}, "bns_loss": torch.empty(0)}
         if torch.is_inference_mode_enabled():
             raise RuntimeError("GraFIQs needs gradients: create the Trainer with inference_mode=False")
+        compiled = bool(self.compile_choice and self.compile_choice.compiled_next())
+        self.scorer.engine.use_compiled = compiled
+        started = time.perf_counter()
         result = self.scorer(normalize(batch["image"]))
         prediction |= {
-            "scores": {group: values.cpu() for group, values in result.scores.items()},
+            "scores": {group: values.cpu() for group, values in result.scores.items()},  # .cpu() waits for a GPU
             "bns_loss": result.bns_loss.cpu(),
             "status": result.status.cpu(),
         }
+        if self.compile_choice:
+            self.compile_choice.observe(compiled, len(batch["index"]), time.perf_counter() - started)
         if self.return_embeddings:  # the same forward's FR embedding, for same-model verification
             prediction["embedding"] = result.embedding.float().cpu()
         return prediction
+
+    def on_predict_end(self) -> None:
+        if self.compile_choice:
+            self.compile_choice.finish()
 
 
 class PassModule(L.LightningModule):

@@ -217,6 +217,8 @@ class VariantScorer:
     float32 math up to rounding: within 1e-4 relative of the eager scores); the first batch pays
     the compilation (about 85 s for iresnet50 on 2 cores, ~20 s once inductor's cache holds it),
     and a batch smaller than the largest so far is zero-padded to it, so nothing recompiles.
+    `compile="auto"` starts eager and lets the caller switch per batch with `use_compiled`
+    (score.py's `CompileChoice` does, from measured speeds); the stages compile on first use.
     A sample with a non-finite input, loss or gradient gets NaN in every gradient column and a
     status code saying why (never a silent number).
     On Linux CPUs, `grafiqs.allocator.retain_freed_memory()` (which score.py calls) makes
@@ -234,7 +236,7 @@ class VariantScorer:
         *,
         precision: str = "32",
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
     ):
         self.loss_variants = tuple(dict.fromkeys(loss_variants))
         # The per-sample weight pass costs about a per-image loop per loss: a grid may restrict it.
@@ -252,7 +254,9 @@ class VariantScorer:
         self.model = model.eval().requires_grad_(False)  # no weight-gradient work in the activation pass
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        self.statistics = BNInputStatistics(model, persistent=compile)
+        if compile not in (False, True, "auto"):
+            raise VariantError(f"compile must be False, True or 'auto', not {compile!r}")
+        self.statistics = BNInputStatistics(model, persistent=compile is not False)
         for loss in self.loss_variants + self.parameter_losses:
             loss.select(self.statistics.layers)  # fail now, not mid-batch, on a layer set the model lacks
         self.activation_groups = [g for g in self.groups if g in ACTIVATION_GROUPS]
@@ -265,16 +269,28 @@ class VariantScorer:
             if not names:
                 raise VariantError(f"{group} matches no parameter of this model")
             self.group_parameters[group] = names
-        # torch.compile of each stage fuses the BN, PReLU and statistics passes with their backward; the
-        # stage boundaries stay autograd edges, so their outputs can still be differentiated.
-        self.stages = [torch.compile(s, dynamic=False) for s in model.stages()] if compile else list(model.stages())
+        self.use_compiled = compile is True
         # compiled stages: a batch smaller than the largest one so far is zero-padded to it, so nothing recompiles
-        self.compiled_batch: int | None = 0 if compile else None
+        self.compiled_batch = 0
         # Record the graph only from the earliest requested tensor on: autograd then has nothing earlier to go through.
         first = min((ACTIVATION_GROUPS.index(g) for g in self.activation_groups), default=len(ACTIVATION_GROUPS))
         self.image_requires_grad = first == 0
-        if 0 < first < len(ACTIVATION_GROUPS):
-            self.stages[first - 1] = _output_as_leaf(self.stages[first - 1])
+        self._leaf_stage = first - 1 if 0 < first < len(ACTIVATION_GROUPS) else None
+
+    @cached_property
+    def eager_stages(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        return self._starting_graph_at_first_group(list(self.model.stages()))
+
+    @cached_property
+    def compiled_stages(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        # torch.compile of each stage fuses the BN, PReLU and statistics passes with their backward; the
+        # stage boundaries stay autograd edges, so their outputs can still be differentiated.
+        return self._starting_graph_at_first_group([torch.compile(s, dynamic=False) for s in self.model.stages()])
+
+    def _starting_graph_at_first_group(self, stages: list) -> list:
+        if self._leaf_stage is not None:
+            stages[self._leaf_stage] = _output_as_leaf(stages[self._leaf_stage])
+        return stages
 
     @cached_property
     def columns(self) -> list[str]:
@@ -307,7 +323,7 @@ class VariantScorer:
     def _pad(self, images: torch.Tensor) -> torch.Tensor:
         """Zero images up to the compiled batch size; samples are independent in eval mode, so
         padding changes no real sample's numbers."""
-        if self.compiled_batch is None:
+        if not self.use_compiled:
             return images
         self.compiled_batch = max(self.compiled_batch, images.shape[0])
         missing = self.compiled_batch - images.shape[0]
@@ -322,7 +338,8 @@ class VariantScorer:
             images = self._pad(images.detach()).contiguous(memory_format=self.memory_format)
             images.requires_grad_(self.image_requires_grad)
             with self.statistics.record() as sample_statistics, self._autocast(images.device):
-                embedding, stage_outputs = self.model.forward_stages(images, self.stages)
+                embedding, stage_outputs = self.model.forward_stages(
+                    images, self.compiled_stages if self.use_compiled else self.eager_stages)
             running = self.statistics.running()
             differentiated = {"image": images, **stage_outputs}
             inputs = [differentiated[g] for g in self.activation_groups]

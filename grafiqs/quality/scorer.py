@@ -51,7 +51,7 @@ class GraFIQsScorer:
 
     def __init__(
         self, model: nn.Module, groups: tuple[str, ...] = GROUPS, precision: str = "32", channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
     ):
         self.groups = tuple(groups)
         self.engine = VariantScorer(model, (OFFICIAL_LOSS,), self.groups, ("l1",), precision=precision,
