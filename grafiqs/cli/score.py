@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compilation (~85 s for iresnet50 on 2 CPU cores, ~20 s from the cache). auto (default): compile when this "
         "run's images reach the break-even measured on this machine for the setting; without a measurement, time "
         "eager batches and, when the rest would take 10 minutes or more, compile once to measure and keep the "
-        "faster. Every run records its speeds in ~/.cache/grafiqs (GRAFIQS_CACHE_DIR), with inductor's kernels",
+        "faster. Measured speeds and inductor's compiled kernels are kept in ~/.cache/grafiqs ($GRAFIQS_CACHE_DIR)",
     )
     extra.add_argument(
         "--save-embeddings", action="store_true", help="also write the FR embeddings of the same forward pass (embeddings.npy)"
