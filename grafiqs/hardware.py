@@ -17,8 +17,8 @@ BF16_CPU_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
 SPEEDS_FILE = "scorer_speeds.json"
 SPEEDS_FORMAT = "grafiqs scorer speeds, 1"
 # Without a compiled speed measured for the setting, `--compile auto` compiles once to measure it when
-# the rest of the run would take this long eagerly: the trial risks one compilation (about 85 s cold
-# for iresnet50 on 2 CPU cores, less with inductor's cache), which is small against such a run.
+# the rest of the run would take this long eagerly: the trial risks one compilation (85-169 s cold
+# for iresnet50 on 2 CPU cores, 49 s with inductor's cache), which is small against such a run.
 TRIAL_SECONDS = 600.0
 
 
@@ -47,17 +47,15 @@ def cache_folder() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grafiqs"
 
 
-def speed_key(torch, device, architecture: list[int], precision: str, batch_size: int, first_group: str,
-              channels_last: bool = False) -> str:
+def speed_key(torch, device: str, architecture: list[int], precision: str, batch_size: int, first_group: str) -> str:
     """The setting a speed belongs to: this machine (CPU model and threads, or GPU), torch, the network's
-    shape, precision, layout, batch size and the earliest differentiated group (where the backward ends)."""
-    if getattr(device, "type", device) == "cuda":
+    shape, precision, batch size and the earliest differentiated group (where the backward ends)."""
+    if device == "cuda":
         machine = torch.cuda.get_device_name(device)
     else:
         machine = f"{next(iter(_cpu_info('model name')), 'CPU')}, {torch.get_num_threads()} threads"
-    layout = ", channels_last" if channels_last else ""
     return (f"{machine} | torch {torch.__version__} | iresnet {'-'.join(map(str, architecture))} | "
-            f"precision {precision}{layout} | batch {batch_size} | from {first_group}")
+            f"precision {precision} | batch {batch_size} | from {first_group}")
 
 
 @dataclass
