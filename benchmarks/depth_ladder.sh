@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The depth experiment's training ladder (issue 21): trains each rung of configs/train_fr/depth/
+# in turn, resuming a rung from its newest last.ckpt (written every 100 steps, 10 minutes and
+# epoch end) and skipping rungs whose backbone.ckpt exists. Logs: outputs/train/depth/<rung>.log
+#   bash benchmarks/depth_ladder.sh [rung ...]      (default: bundled iresnet50 iresnet18 iresnet34)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=offline
+rungs=("$@"); [ ${#rungs[@]} -gt 0 ] || rungs=(bundled iresnet50 iresnet18 iresnet34)
+for rung in "${rungs[@]}"; do
+  dir=outputs/train/depth/$rung
+  if [ -f "$dir/backbone.ckpt" ]; then echo "$rung: done ($dir/backbone.ckpt)"; continue; fi
+  mkdir -p "$dir"
+  resume=()
+  last=$(ls -t "$dir"/grafiqs/*/checkpoints/last.ckpt 2>/dev/null | head -1 || true)
+  [ -n "$last" ] && resume=(--ckpt_path "$last")
+  echo "$rung: $(date -u +%FT%TZ) start ${resume[*]}" | tee -a "$dir.log"
+  start=$(date +%s)
+  .venv/bin/python train_fr.py fit --config configs/train_fr/depth/base.yaml \
+      --config "configs/train_fr/depth/$rung.yaml" "${resume[@]}" >> "$dir.log" 2>&1
+  echo "$rung: $(date -u +%FT%TZ) finished in $(( $(date +%s) - start )) s" | tee -a "$dir.log"
+done
