@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import GOLDEN, tiny_iresnet
 from grafiqs.data.decode import normalize
-from grafiqs.data.score_files import read_external_scores
+from grafiqs.data.external_scores import read_external_scores
 from grafiqs.errors import InputError
 from grafiqs.evaluation.edc import ORIENTATIONS
 from grafiqs.experiments.demo import DEMO_WEIGHTS

@@ -17,8 +17,8 @@ from PIL import Image
 
 from conftest import FACES, GOLDEN, tiny_iresnet
 from grafiqs.data.decode import decode_image
-from grafiqs.data.output_folder import LOG_FOLDER, OutputFolder
-from grafiqs.data.score_files import name_problem, printable_path, read_score_file, write_score_file
+from grafiqs.io.ledger import LOG_FOLDER, OutputFolder
+from grafiqs.io.score_files import name_problem, printable_path, read_score_file, write_score_file
 from grafiqs.errors import InputError
 from grafiqs.experiments.synthetic_set import SyntheticSetSpec, prepare_synthetic_set
 from test_score_cli import read_csv, score

@@ -5,7 +5,7 @@ import torch
 from conftest import GOLDEN, GOLDEN_GROUPS, assert_close_to_golden
 from grafiqs.cli.score import main
 from grafiqs.data.decode import normalize, read_image, to_model_tensor
-from grafiqs.data.score_files import read_score_file
+from grafiqs.io.score_files import read_score_file
 from grafiqs.quality.scorer import GraFIQsScorer
 
 

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from conftest import FACES, tiny_iresnet
 from grafiqs.data.decode import decode_image
 from grafiqs.data.folders import list_images
-from grafiqs.data.score_files import read_score_file
+from grafiqs.io.score_files import read_score_file
 from grafiqs.data.verification import load_lfw_pairs, load_pair_list
 from grafiqs.errors import GrafiqsError, ImageError, InputError
-from grafiqs.data.output_folder import LOG_FOLDER
+from grafiqs.io.ledger import LOG_FOLDER
 from grafiqs.lit import writers
 from grafiqs.models.iresnet import IResNet
 from grafiqs.quality.bn_stats import UntrainedStatisticsWarning

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import FACES, GOLDEN
 from grafiqs.cli.score import main
-from grafiqs.data.score_files import read_score_file
+from grafiqs.io.score_files import read_score_file
 from grafiqs.lit.writers import LOG_FOLDER
 
 def score(folder, out, weights, *extra) -> int:

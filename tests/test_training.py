@@ -449,7 +449,7 @@ def test_project_checkpoint_metadata_reads_back_with_weights_only(trained):
 
 def test_score_py_loads_the_exported_files_with_the_recorded_colour_order(trained, tmp_path, capsys):
     from grafiqs.cli.score import main
-    from grafiqs.data.score_files import read_score_file
+    from grafiqs.io.score_files import read_score_file
 
     _, model, _, out = trained
     faces = tmp_path / "faces"

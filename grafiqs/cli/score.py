@@ -11,7 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
-from grafiqs.data.output_folder import file_digest, is_primary_process
+from grafiqs.io.ledger import file_digest, is_primary_process
 from grafiqs.errors import GrafiqsError, ImageError, InputError, RunInterrupted, report_stop
 
 DESCRIPTION = """\
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def log_dir(args) -> Path:
-    from grafiqs.data.output_folder import LOG_FOLDER
+    from grafiqs.io.ledger import LOG_FOLDER
 
     return Path(args.output_dir or "outputs/scores") / LOG_FOLDER
 
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
     from grafiqs.allocator import retain_freed_memory
     from grafiqs.data.folders import ImageFileDataset, ShardSampler, collate_images, list_images, parse_extensions
-    from grafiqs.data.output_folder import OutputFolder
+    from grafiqs.io.ledger import OutputFolder
     from grafiqs.hardware import bf16_units
     from grafiqs.lit.quality_module import GraFIQsModule
     from grafiqs.lit.writers import ResultLogWriter, read_result_logs
@@ -351,7 +351,7 @@ def measured_bf16_speed(args, torch, backbone, accelerator: str) -> dict | None:
 
 def check_options(args, groups) -> None:
     """Refuse option values that cannot work, before anything is created."""
-    from grafiqs.data.score_files import name_problem
+    from grafiqs.io.score_files import name_problem
     from grafiqs.models.iresnet import ARCHITECTURES
 
     if not args.demo:
@@ -384,7 +384,7 @@ def prepare_alignment(args, paths: list[str]):
     """The FaceAligner of the options, and with --save-aligned where each path's crop goes (a folder the
     program owns like --output-dir: existing files it did not write are never replaced)."""
     from grafiqs.data.align import FaceAligner, read_landmarks_file
-    from grafiqs.data.output_folder import OutputFolder
+    from grafiqs.io.ledger import OutputFolder
 
     landmarks = read_landmarks_file(args.landmarks) if args.landmarks else None
     aligner = FaceAligner(landmarks, select=args.select_face, detect=args.align)
@@ -422,7 +422,7 @@ def identity_of(path: str) -> list[int] | None:
 def start_or_resume(output, outputs: set[str], settings: dict, overwrite: bool) -> None:
     """Record the run's settings; refuse to mix with results of other settings unless --overwrite,
     which discards the earlier run's log and files."""
-    from grafiqs.data.score_files import atomic_write_text
+    from grafiqs.io.score_files import atomic_write_text
 
     settings_file = output.log_dir / "settings.json"
     try:
@@ -520,7 +520,7 @@ def write_final_files(output_dir: Path, paths: list[str], scored: list[str], rec
     """Score files, scores.csv (plus identity/role/degradation/severity with `labels`), errors.csv, embeddings.npy."""
     import numpy as np
 
-    from grafiqs.data.score_files import (atomic_write_npy, printable_path, quality_from_magnitude, replace_prefix,
+    from grafiqs.io.score_files import (atomic_write_npy, printable_path, quality_from_magnitude, replace_prefix,
                                           write_csv, write_score_file)
     from grafiqs.lit.writers import decode_embedding
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from grafiqs.data.decode import INPUT_SIZE, decode_image, read_file_bytes, to_model_tensor
-from grafiqs.data.score_files import atomic_write_bytes, name_problem, printable_path
+from grafiqs.io.score_files import atomic_write_bytes, name_problem, printable_path
 from grafiqs.errors import GrafiqsError, ImageError, InputError
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff")

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from grafiqs.data.score_files import atomic_write_text, write_csv
+from grafiqs.io.score_files import atomic_write_text, write_csv
 from grafiqs.evaluation.edc import (
     EDCResult, Orientation, edc_for_order, pair_quality, random_order_edc, threshold_at_fmr, to_higher_is_better,
 )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from grafiqs.data.score_files import atomic_write_text, safe_file_name, write_csv
+from grafiqs.io.score_files import atomic_write_text, safe_file_name, write_csv
 from grafiqs.errors import InputError
 from grafiqs.evaluation.edc import EDCResult
 from grafiqs.evaluation.report import _fmr_label

@@ -198,7 +198,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), prog:
 
 def _check_names(config: BenchmarkConfig) -> None:
     """Names that the rows, files and passes are keyed by must be unique and must exist."""
-    from grafiqs.data.score_files import safe_file_name
+    from grafiqs.io.score_files import safe_file_name
 
     for what, names in (("sets", [s.name for s in config.sets]), ("models", [m.name for m in config.models])):
         as_files = [safe_file_name(n) for n in names]
@@ -253,7 +253,7 @@ class EvaluationSet:
 
 def load_set(spec: SetConfig, cache_dir: Path) -> EvaluationSet:
     from grafiqs.data import verification as v
-    from grafiqs.data.output_folder import file_digest
+    from grafiqs.io.ledger import file_digest
     from grafiqs.evaluation.report import PairSet
 
     needed = {"synthetic": (), "bin": ("path",), "lfw": ("pairs", "images"), "xqlfw": ("pairs", "images"),
@@ -291,7 +291,7 @@ def _files_digest(paths: list[str]) -> str:
 
 
 def _synthetic_set(spec: SetConfig, cache_dir: Path) -> EvaluationSet:
-    from grafiqs.data.output_folder import is_primary_process
+    from grafiqs.io.ledger import is_primary_process
     from grafiqs.data.verification import VerificationSet
     from grafiqs.experiments.synthetic_set import prepare_synthetic_set, read_labels, synthetic_set_ready
 
@@ -317,7 +317,7 @@ def _synthetic_set(spec: SetConfig, cache_dir: Path) -> EvaluationSet:
 def _ijbc_set(spec: SetConfig) -> EvaluationSet:
     from grafiqs.data.align import FaceAligner, read_landmarks_file
     from grafiqs.data.ijbc import TemplatePairSet, ijbc_images, load_ijbc_protocol
-    from grafiqs.data.output_folder import file_digest
+    from grafiqs.io.ledger import file_digest
     from grafiqs.data.verification import VerificationSet
 
     protocol = load_ijbc_protocol(spec.meta, spec.target)
@@ -346,7 +346,7 @@ class FRModel:
 
 
 def load_model(spec: FRModelConfig) -> FRModel:
-    from grafiqs.data.output_folder import file_digest
+    from grafiqs.io.ledger import file_digest
     from grafiqs.models.loading import load_backbone_and_metadata
 
     network, metadata = load_backbone_and_metadata(spec.backbone, spec.weights)
@@ -466,7 +466,7 @@ def output_names(config: BenchmarkConfig) -> set[str]:
 
 def run_benchmark(config: BenchmarkConfig) -> dict | None:
     """Run every pass (cached), evaluate, write the report; returns what was written (None on DDP workers)."""
-    from grafiqs.data.output_folder import OutputFolder, is_primary_process
+    from grafiqs.io.ledger import OutputFolder, is_primary_process
     from grafiqs.experiments.passes import PassRunner, PassSpec
 
     started = time.perf_counter()
@@ -519,7 +519,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict | None:
     report = write_report(config, out, sets, rows, evaluation)
     report["summary"]["seconds_total"] = time.perf_counter() - started
     report["summary"]["passes"] = folders  # values.npz and pass.json (seconds) of each pass
-    from grafiqs.data.score_files import atomic_write_text
+    from grafiqs.io.score_files import atomic_write_text
 
     atomic_write_text(out / "summary.json", json.dumps(report["summary"], indent=1, allow_nan=True))
     output.remove(output.written() - written)  # e.g. the tables of a model an earlier run of this folder had
@@ -528,7 +528,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict | None:
 
 def external_rows(config: BenchmarkConfig, eset: EvaluationSet) -> list[Row]:
     """Other methods' score files for this set, matched to its images."""
-    from grafiqs.data.score_files import read_external_scores
+    from grafiqs.data.external_scores import read_external_scores
 
     return [Row(e.name, read_external_scores(e.path, e.orientation, eset.image_names).scores, e.orientation, "external")
             for e in config.methods.external if e.set == eset.name]

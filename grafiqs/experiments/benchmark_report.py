@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grafiqs.data.score_files import safe_file_name
+from grafiqs.io.score_files import safe_file_name
 
 
 def ranked_stem(set_name: str, model: str) -> str:
@@ -130,7 +130,7 @@ def write_report(config, out: Path, sets, rows: dict, evaluation: Evaluation) ->
 
 def write_scores(path: Path, eset, rows) -> None:
     """Per-image values of every row (raw, as the method gives them), with the synthetic labels if any."""
-    from grafiqs.data.score_files import write_csv
+    from grafiqs.io.score_files import write_csv
 
     labels = ["degradation", "severity"] if eset.severity is not None else []
     names = eset.images.names

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from grafiqs.data.output_folder import LOG_FOLDER
+from grafiqs.io.ledger import LOG_FOLDER
 from grafiqs.errors import ImageError
 from grafiqs.quality.scorer import STATUS_MESSAGES, STATUS_OK
 

@@ -81,7 +81,7 @@ class OutputFolder:
         self._save_ledger(ours - set(names))
 
     def _save_ledger(self, names: set[str]) -> None:
-        from grafiqs.data.score_files import atomic_write_text
+        from grafiqs.io.score_files import atomic_write_text
 
         atomic_write_text(self.log_dir / LEDGER, json.dumps(sorted(names), indent=0))
 
