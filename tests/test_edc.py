@@ -9,6 +9,7 @@ import pytest
 from grafiqs.errors import InputError
 from grafiqs.evaluation.edc import (
     CRFIQA_RATES,
+    CRFIQAERC,
     crfiqa_erc,
     edc,
     edc_for_order,
@@ -69,30 +70,62 @@ def ref_best(s, limit):
     return s * s / 2 if limit >= s else s * limit - limit * limit / 2
 
 
-def ref_erc(similarity, mated, quality, fmr):
+def ref_roc_thresholds(genuine, non_mated, fmrs):
+    """CR-FIQA roc.py's get_eer_threshold(genuine, non_mated, ds_scores=True), one threshold per target FMR.
+
+    As roc.py enumerates them: every distinct distance, mated ones included, in descending
+    order; a candidate t has FMR = #{non-mated <= t} / #non-mated (NaN with no non-mated pair);
+    numpy's argmin of |FMR - target| takes the first smallest value (the first one when all are NaN).
+    """
+    non_mated = np.asarray(non_mated, dtype=np.float64)
+    candidates = sorted(set(genuine) | set(non_mated.tolist()), reverse=True)
+    rates = [np.count_nonzero(non_mated <= t) / non_mated.size if non_mated.size else math.nan for t in candidates]
+    thresholds = []
+    for target in fmrs:
+        best, best_gap = None, None
+        for t, rate in zip(candidates, rates):
+            gap = abs(rate - target)
+            if best is None or gap < best_gap:  # strictly smaller: ties keep the earlier, larger distance
+                best, best_gap = t, gap
+        thresholds.append(best)
+    return thresholds
+
+
+def ref_erc(similarity, mated, quality, fmrs):
+    """CR-FIQA erc.py's getFNMRFixedTH as loops, at each target FMR: {fmr: (fnmrs, thresholds, auc)}.
+
+    Pairs sorted by quality, lowest first (stable: the documented choice where erc.py's argsort
+    is unstable), int(rate * N) dropped, threshold by roc.py, accepted iff distance < threshold,
+    FNMR 0 without mated pairs (erc.py divides by zero), sklearn's trapezoid AUC over
+    (100 * rates) / 100.
+    """
     n = len(similarity)
-    distance = [math.acos(min(1.0, max(-1.0, c))) / math.pi for c in similarity]
+    distance = (np.arccos(np.clip(np.asarray(similarity, dtype=np.float64), -1.0, 1.0)) / math.pi).tolist()
     order = sorted(range(n), key=lambda i: quality[i])  # Python's sort is stable
-    fnmrs, thresholds = [], []
-    for step in range(20):
-        kept = order[int(step * 0.05 * n):]
-        non_mated = np.array([distance[i] for i in kept if not mated[i]])
+    rates = np.arange(0, 0.98, 0.05)
+    out = {fmr: ([], []) for fmr in fmrs}
+    for rate in rates:
+        kept = order[int(rate * n):]
         genuine = [distance[i] for i in kept if mated[i]]
-        best = None
-        for c in sorted(non_mated):
-            gap = abs(np.count_nonzero(non_mated <= c) / len(non_mated) - fmr)
-            if best is None or gap < best[0]:
-                best = (gap, c)
-        threshold = math.nan if best is None else best[1]
-        if not genuine:
-            fnmrs.append(0.0)
-        elif best is None:
-            fnmrs.append(math.nan)
-        else:
-            fnmrs.append(sum(d > threshold for d in genuine) / len(genuine))
-        thresholds.append(threshold)
-    auc = sum((fnmrs[i] + fnmrs[i + 1]) / 2 * 0.05 for i in range(19))
-    return fnmrs, thresholds, auc
+        non_mated = [distance[i] for i in kept if not mated[i]]
+        for fmr, threshold in zip(fmrs, ref_roc_thresholds(genuine, non_mated, fmrs)):
+            accepted = [g for g in genuine if g < threshold]
+            out[fmr][0].append(1 - len(accepted) / len(genuine) if genuine else 0.0)
+            out[fmr][1].append(threshold)
+    x = (100 * rates) / 100
+    return {fmr: (fnmrs, thresholds, sum((x[i + 1] - x[i]) * (fnmrs[i] + fnmrs[i + 1]) / 2 for i in range(19)))
+            for fmr, (fnmrs, thresholds) in out.items()}
+
+
+def assert_erc_matches_oracle(similarity, mated, quality, fmrs, threshold_atol=1e-12):
+    reference = ref_erc(np.asarray(similarity).tolist(), np.asarray(mated).tolist(), np.asarray(quality).tolist(), fmrs)
+    erc_of = CRFIQAERC(similarity, mated)
+    for fmr in fmrs:
+        result = erc_of(quality, fmr=fmr)
+        fnmrs, thresholds, auc = reference[fmr]
+        np.testing.assert_allclose(result.fnmr, fnmrs, rtol=0, atol=1e-12, err_msg=f"FMR {fmr}")
+        np.testing.assert_allclose(result.thresholds, thresholds, rtol=0, atol=threshold_atol, err_msg=f"FMR {fmr}")
+        assert result.auc == pytest.approx(auc, rel=0, abs=1e-12)
 
 
 def make_pairs(seed, levels=None, score_decimals=None, n_mated=300, n_non_mated=1500):
@@ -151,16 +184,25 @@ def test_starting_error_threshold_matches_loop_oracle(case, target):
     assert result.start_fnmr <= target + 1e-12
 
 
-@pytest.mark.parametrize("case", CASES[:3])
-@pytest.mark.parametrize("fmr", [1e-3, 1e-2])
-def test_crfiqa_erc_matches_loop_oracle(case, fmr):
-    similarity, mated, quality = make_pairs(**case)
-    result = crfiqa_erc(similarity, mated, quality, fmr=fmr)
-    fnmrs, thresholds, auc = ref_erc(similarity.tolist(), mated.tolist(), quality.tolist(), fmr)
-    np.testing.assert_allclose(result.fnmr, fnmrs, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(result.thresholds, thresholds, rtol=0, atol=1e-9)
-    assert result.auc == pytest.approx(auc, abs=1e-9)
-    np.testing.assert_array_equal(result.rates, [i * 0.05 for i in range(20)])
+CRFIQA_FMRS = (1e-2, 1e-3, 1e-4)
+
+
+@pytest.mark.parametrize("case", CASES[:4])
+def test_crfiqa_erc_matches_erc_py_oracle(case):
+    similarity, mated, quality = make_pairs(**case, n_mated=200, n_non_mated=1000)
+    assert_erc_matches_oracle(similarity, mated, quality, CRFIQA_FMRS)
+    np.testing.assert_array_equal(crfiqa_erc(similarity, mated, quality).rates, [i * 0.05 for i in range(20)])
+
+
+def test_crfiqa_erc_matches_erc_py_oracle_when_mated_and_non_mated_overlap():
+    # Uninformative scores on a coarse grid: mated and non-mated distances interleave and tie,
+    # non-mated ones can be the smallest (FMR 0 out of reach) and later rates run out of pairs.
+    rng = np.random.default_rng(11)
+    for size in (7, 12, 25, 60, 400):
+        mated = rng.random(size) < 0.3
+        similarity = np.round(rng.uniform(-1, 1, size), 1)
+        quality = rng.integers(0, 4, size).astype(float)
+        assert_erc_matches_oracle(similarity, mated, quality, CRFIQA_FMRS + (0.25, 0.5, 0.95))
 
 
 # ---------------------------------------------------------------------------- by hand
@@ -209,37 +251,132 @@ def test_thresholds_by_hand():
     assert threshold_at_fnmr(tied, np.ones(4, bool), 0.5) == 5  # 8 would reject 3 > 2
 
 
-def test_crfiqa_erc_by_hand():
-    # Pairs in quality order 0..9: (mated, distance).
-    mated = np.array([1, 0, 1, 0, 1, 0, 1, 0, 1, 0], dtype=bool)
-    distance = np.array([0.40, 0.20, 0.30, 0.35, 0.10, 0.45, 0.15, 0.50, 0.05, 0.48])
-    quality = np.arange(10.0)
-    permutation = np.random.default_rng(0).permutation(10)  # input order must not matter
-    result = crfiqa_erc(np.cos(distance * np.pi)[permutation], mated[permutation],
-                        quality[permutation], fmr=0.2)
-    # int(rate * 10) drops 0,0,1,1,2,2,...,9,9.  Drop 0: threshold = 0.20 (FMR 1/5), mated
-    # 0.40, 0.30 rejected -> 2/5.  Drop 1: 0.30 of 4 -> 1/4.  Drop 2: non-mated 0.35..0.50,
-    # FMR 1/4 closest -> 0.35, no mated above -> 0.  Drop 9: no mated pair left -> 0.
-    expected = [0.4, 0.4, 0.25, 0.25] + [0.0] * 16
-    np.testing.assert_allclose(result.fnmr, expected, atol=1e-12)
-    np.testing.assert_allclose(result.thresholds,
-                               [0.2] * 4 + [0.35] * 4 + [0.45] * 4 + [0.48] * 8, atol=1e-12)
-    assert result.auc == pytest.approx(0.05 * (0.4 + 0.325 + 0.25 + 0.125))
+def erc_of_distances(distance, mated, quality=None, fmr=1e-3):
+    """crfiqa_erc on pairs given by distance (similarity cos(pi d)), with the loop oracle's verdict checked too."""
+    distance = np.asarray(distance, dtype=np.float64)
+    mated = np.asarray(mated, dtype=bool)
+    quality = np.zeros(distance.size) if quality is None else np.asarray(quality, dtype=np.float64)
+    similarity = np.cos(distance * np.pi)
+    assert_erc_matches_oracle(similarity, mated, quality, (fmr,))
+    return crfiqa_erc(similarity, mated, quality, fmr=fmr)
 
 
-def test_crfiqa_erc_closeness_tie_goes_to_smaller_distance():
-    # Non-mated distances 0.1..0.4: FMRs 0.25 and 0.5 are equally far from 0.375.
-    distance = np.array([0.1, 0.2, 0.3, 0.4, 0.25])
-    mated = np.array([0, 0, 0, 0, 1], dtype=bool)
-    result = crfiqa_erc(np.cos(distance * np.pi), mated, np.ones(5), fmr=0.375)
-    assert result.thresholds[0] == pytest.approx(0.1)
+NON_MATED_TENTHS = [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95]
+
+
+def test_crfiqa_erc_threshold_can_be_a_mated_distance():
+    # FMR 0.1 of 10 non-mated is met exactly (k = 1) by every candidate in [0.05, 0.15): roc.py
+    # takes the largest, the mated 0.10, and accepts 0.08 only. The old reading (non-mated
+    # candidates only) took 0.05: FNMR 1.
+    result = erc_of_distances(NON_MATED_TENTHS + [0.08, 0.10, 0.60], [0] * 10 + [1] * 3, fmr=0.1)
+    assert result.thresholds[0] == pytest.approx(0.10, abs=1e-12)
+    assert result.fnmr[0] == pytest.approx(2 / 3, abs=1e-12)
+
+
+def test_crfiqa_erc_closeness_tie_goes_to_larger_distance():
+    # Non-mated 0.1..0.4: FMRs 0.25 (at 0.1) and 0.5 (at 0.2) are equally far from 0.375; roc.py's
+    # argmin over descending distances takes 0.2, which accepts the mated 0.15 (was 0.1: FNMR 1).
+    result = erc_of_distances([0.1, 0.2, 0.3, 0.4, 0.15, 0.35], [0, 0, 0, 0, 1, 1], fmr=0.375)
+    assert result.thresholds[0] == pytest.approx(0.2, abs=1e-12)
+    assert result.fnmr[0] == 0.5
+
+
+def test_crfiqa_erc_pair_at_the_threshold_is_rejected():
+    # The threshold is the non-mated 0.05; the mated pair at exactly 0.05 is not < it (was <=: FNMR 0.5).
+    result = erc_of_distances(NON_MATED_TENTHS + [0.05, 0.5], [0] * 10 + [1] * 2, fmr=0.1)
+    assert result.thresholds[0] == pytest.approx(0.05, abs=1e-12)
     assert result.fnmr[0] == 1.0
 
 
-def test_crfiqa_erc_no_non_mated_left_is_nan():
-    mated = np.array([0, 1], dtype=bool)
-    result = crfiqa_erc([0.0, 0.9], mated, [0.0, 1.0], fmr=0.5)  # 0.95 * 2 drops the non-mated
-    assert result.fnmr[0] == 0.0 and math.isnan(result.fnmr[-1]) and math.isnan(result.auc)
+def test_crfiqa_erc_fmr_zero_when_target_is_below_half_a_false_match():
+    # FMR 1e-2 of 10 non-mated (0.3..0.75): FMR 0 (gap 0.01) beats 1/10 (gap 0.09). It is reached by
+    # the mated distances below 0.3; the largest, 0.2, is the threshold and only 0.1 is accepted.
+    non_mated = [0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75]
+    result = erc_of_distances(non_mated + [0.1, 0.2, 0.5], [0] * 10 + [1] * 3, fmr=1e-2)
+    assert result.thresholds[0] == pytest.approx(0.2, abs=1e-12)
+    assert result.fnmr[0] == pytest.approx(2 / 3, abs=1e-12)
+    # No mated distance below 0.3: FMR 0 is no candidate, 1/10 wins, at its largest candidate (mated 0.32).
+    result = erc_of_distances(non_mated + [0.32, 0.5], [0] * 10 + [1] * 2, fmr=1e-2)
+    assert result.thresholds[0] == pytest.approx(0.32, abs=1e-12)
+    assert result.fnmr[0] == 1.0
+
+
+def test_crfiqa_erc_by_hand():
+    # Pairs in quality order 0..9: (mated, distance); input order must not matter.
+    mated = np.array([1, 0, 1, 0, 1, 0, 1, 0, 1, 0], dtype=bool)
+    distance = np.array([0.40, 0.20, 0.30, 0.35, 0.10, 0.45, 0.15, 0.50, 0.05, 0.48])
+    permutation = np.random.default_rng(0).permutation(10)
+    result = erc_of_distances(distance[permutation], mated[permutation], np.arange(10.0)[permutation], fmr=0.2)
+    # int(rate * 10) drops 0,0,1,1,2,2,...,9,9 pairs.  Drop 0: k = 1 of 5 non-mated meets 0.2, its largest
+    # candidate is the mated 0.30 (below the non-mated 0.35): 0.05, 0.10, 0.15 accepted -> 2/5.
+    # Drop 1: 1/4.  Drop 2-5: 1/n non-mated is closest, threshold 0.35 or 0.45, every mated accepted.
+    # Drop 6: non-mated 0.48, 0.50: FMR 0 (gap 0.2) beats 1/2 (0.3), threshold the mated 0.15 -> 1/2.
+    # Drop 7, 8: threshold the mated 0.05 itself -> 1.  Drop 9: no mated pair left -> 0.
+    expected = [0.4, 0.4, 0.25, 0.25] + [0.0] * 8 + [0.5, 0.5] + [1.0] * 4 + [0.0, 0.0]
+    np.testing.assert_allclose(result.fnmr, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result.thresholds, [0.30] * 4 + [0.35] * 4 + [0.45] * 4 + [0.15] * 2
+                               + [0.05] * 4 + [0.48] * 2, rtol=0, atol=1e-12)
+    assert result.auc == pytest.approx(0.05 * (6.3 - 0.2), abs=1e-12)
+
+
+def test_crfiqa_erc_without_non_mated_pairs_takes_the_largest_distance():
+    # At rates >= 0.5 int(rate * 2) drops the non-mated pair: roc.py's FMRs are then 0/0 = NaN and its
+    # argmin takes the largest distance, the mated pair's own, which is not < itself: FNMR 1.
+    result = erc_of_distances([0.5, 0.2], [0, 1], [0.0, 1.0], fmr=0.5)
+    np.testing.assert_array_equal(result.fnmr, [0.0] * 10 + [1.0] * 10)
+    assert result.thresholds[-1] == pytest.approx(0.2, abs=1e-12)
+    assert result.auc == pytest.approx(0.05 * 9.5, abs=1e-12)
+
+
+def test_crfiqa_erc_on_ijbc_templates_follows_erc_ijbc_py():
+    """The benchmark's IJB-C path (TemplatePairSet) against CR-FIQA's ijb_qs_pair_file.py + erc_ijbc.py as loops:
+    template feature = normalised sum over media of the media's mean image feature, template quality = its
+    worst image's, pair quality = the worse template's, then erc.py's rule on the template distances."""
+    from grafiqs.data.ijbc import IJBCProtocol, TemplatePairSet
+
+    rng = np.random.default_rng(3)
+    subjects, templates_per_subject, dim = 25, 4, 16
+    template_of, media_of = [], []
+    for t in range(subjects * templates_per_subject):
+        for _ in range(int(rng.integers(1, 5))):
+            template_of.append(t + 1)
+            media_of.append(1000 * (t + 1) + int(rng.integers(0, 2)))  # two media per template at most
+    template_of, media_of = np.array(template_of), np.array(media_of)
+    centres = rng.normal(size=(subjects, dim))
+    features = centres[(template_of - 1) // templates_per_subject] + rng.normal(scale=0.9, size=(template_of.size, dim))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)  # CR-FIQA's image features are L2-normalised
+    image_quality = rng.normal(size=template_of.size)
+    genuine = [(a, b) for s in range(subjects) for a in range(s * 4 + 1, s * 4 + 5) for b in range(a + 1, s * 4 + 5)]
+    impostor = rng.integers(1, subjects * templates_per_subject + 1, size=(1500, 2))
+    impostor = impostor[(impostor[:, 0] - 1) // 4 != (impostor[:, 1] - 1) // 4]
+    pairs = np.concatenate([np.array(genuine), impostor])
+    labels = np.arange(len(pairs)) < len(genuine)
+
+    template_feature, template_quality = {}, {}
+    for t in np.unique(template_of):
+        mine = template_of == t
+        media = [features[mine][media_of[mine] == m].mean(axis=0) for m in np.unique(media_of[mine])]
+        summed = np.array(media, dtype=np.float32).sum(axis=0)
+        template_feature[t] = (summed / np.linalg.norm(summed)).astype(np.float32)
+        template_quality[t] = min(image_quality[mine])
+    x = np.array([template_feature[a] for a, _ in pairs], dtype=np.float64)
+    y = np.array([template_feature[b] for _, b in pairs], dtype=np.float64)
+    similarity = np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+    quality = [min(template_quality[a], template_quality[b]) for a, b in pairs]
+    reference = ref_erc(similarity.tolist(), labels.tolist(), quality, CRFIQA_FMRS)
+
+    comparisons = TemplatePairSet(IJBCProtocol([f"{i + 1}.jpg" for i in range(template_of.size)],
+                                               template_of, media_of, pairs, labels))
+    erc_of = CRFIQAERC(comparisons.similarity(features), comparisons.mated)
+    pair_quality_ = comparisons.quality(image_quality, "higher_is_better")
+    np.testing.assert_array_equal(pair_quality_, quality)
+    for fmr in CRFIQA_FMRS:
+        result = erc_of(pair_quality_, fmr=fmr)
+        fnmrs, thresholds, auc = reference[fmr]
+        np.testing.assert_allclose(result.fnmr, fnmrs, rtol=0, atol=1e-12)
+        assert result.auc == pytest.approx(auc, rel=0, abs=1e-12)
+        # the benchmark's template similarities are float32, CR-FIQA's float64 of float32 features
+        np.testing.assert_allclose(result.thresholds, thresholds, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- edge cases

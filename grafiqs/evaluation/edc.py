@@ -255,30 +255,75 @@ class ERCResult:
 
     rates: np.ndarray
     fnmr: np.ndarray
-    thresholds: np.ndarray  # distance thresholds: accepted iff distance <= threshold
+    thresholds: np.ndarray  # distance thresholds: accepted iff distance < threshold
     fmr: float
     auc: float  # trapezoid rule over the rates, not normalised
 
 
+# The abscissa erc.py integrates over: (100 * np.arange(0, 0.98, 0.05)) / 100, which differs from
+# CRFIQA_RATES in the last bit of some rates.
+_CRFIQA_AUC_RATES = (100 * CRFIQA_RATES) / 100
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """The trapezoid rule written as numpy's trapz (what sklearn.metrics.auc calls) evaluates it."""
+    return float(np.add.reduce(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
 def crfiqa_erc(similarity, mated, quality, *, fmr: float = 1e-3,
                orientation: Orientation = "higher_is_better") -> ERCResult:
-    """The ERC as CR-FIQA's erc.py computes it, the protocol of the GraFIQs paper's numbers.
+    """The ERC as CR-FIQA's ERC/erc.py (getFNMRFixedTH) with ERC/roc.py (get_eer_threshold) computes it,
+    the protocol of the GraFIQs paper's numbers; erc_ijbc.py applies the same rule to IJB-C template pairs.
 
-    * distance = arccos(clip(cosine, -1, 1)) / pi, accepted iff distance <= threshold;
-    * pairs sorted by quality, lowest first, stable (ties keep input order, no grouping);
-    * at each rate r in `CRFIQA_RATES`, the int(r * N) first pairs of all N pairs (mated and
-      non-mated) are dropped and the threshold recomputed on the remaining non-mated pairs:
-      among their distances, the one whose FMR (share of remaining non-mated distances <= it)
-      is closest to `fmr`; equally close candidates go to the smaller distance (stricter);
-    * FNMR = share of remaining mated distances > threshold; 0 when no mated pair remains,
-      NaN when mated pairs remain but no non-mated pair fixes a threshold;
-    * AUC = trapezoid rule of FNMR over the rates (0 to 0.95).
+    * distance = arccos(clip(cosine, -1, 1)) / pi;
+    * pairs sorted by quality, lowest first, then int(r * N) of all N pairs (mated and non-mated)
+      dropped at each rate r in `CRFIQA_RATES`;
+    * threshold, recomputed on the remaining pairs as roc.py does: the candidates are all their
+      distinct distances, mated ones included; a candidate t has FMR = #{non-mated <= t} /
+      #non-mated (0 for a mated distance below every non-mated one); the candidate with the
+      smallest |FMR - fmr| (evaluated in float64 as roc.py does) wins, and of equally close ones
+      the largest distance (roc.py's argmin runs over the distances in descending order);
+    * a pair is accepted iff distance < threshold; FNMR = 1 - #{mated accepted} / #mated;
+    * AUC = trapezoid rule of FNMR over the rates 0 to 0.95, as sklearn.metrics.auc in erc.py.
+
+    Two choices where erc.py is not determined: pairs of equal quality keep their input order
+    (a stable sort; erc.py's np.argsort is unstable, so which of them it drops depends on the
+    numpy build), and the FNMR is 0 when no mated pair remains (erc.py divides by zero). With no
+    non-mated pair left, roc.py's FMRs are 0/0 = NaN and its argmin takes the first candidate,
+    the largest distance: that is followed, so only mated pairs below it are accepted.
 
     All distances are sorted once (`CRFIQAERC` keeps that order for further quality orders); each
     rate then only masks it, so no re-sorting, and reads just the smallest kept non-mated distances
     the threshold can be among.
     """
     return CRFIQAERC(similarity, mated)(quality, fmr=fmr, orientation=orientation)
+
+
+def _roc_threshold(non_mated: np.ndarray, kept: np.ndarray, count: int, genuine: np.ndarray, fmr: float) -> float:
+    """roc.py's threshold for the kept pairs: `non_mated` all non-mated distances ascending, `kept` their mask
+    (`count` of them kept), `genuine` the kept mated distances ascending.
+
+    The FMR of a candidate t is k / count with k = #{kept non-mated <= t}: k is 0 (reachable only
+    by a mated distance below every non-mated one) or the end of a tie group of the non-mated
+    distances. |k / count - fmr| falls and then rises with k, so only the groups up to the first
+    one past fmr * count are needed. Of the winning k the largest candidate is kept: the largest
+    distance below the next non-mated distance, mated or not.
+    """
+    if count == 0:  # FMR 0/0 = NaN everywhere: roc.py's argmin takes its first candidate, the largest distance
+        return float(genuine[-1])
+    smallest = _smallest_kept(non_mated, kept, min(count, math.ceil(fmr * count) + 1))
+    group_ends = np.flatnonzero(smallest[1:] != smallest[:-1]) + 1  # k with smallest[k - 1] < smallest[k]
+    if smallest.size == count:  # every kept distance was read: the last group is complete too
+        group_ends = np.append(group_ends, count)
+    if genuine.size and genuine[0] < smallest[0]:
+        group_ends = np.concatenate(([0], group_ends))
+    gap = np.abs(group_ends / count - fmr)
+    k = int(group_ends[np.flatnonzero(gap == gap.min())[-1]])  # equally close: the larger k, the larger distance
+    if k == count:
+        return float(max(smallest[-1], genuine[-1])) if genuine.size else float(smallest[-1])
+    below = int(np.searchsorted(genuine, smallest[k], side="left"))  # mated distances below the next non-mated
+    candidates = ([smallest[k - 1]] if k else []) + ([genuine[below - 1]] if below else [])
+    return float(max(candidates))
 
 
 class CRFIQAERC:
@@ -311,25 +356,13 @@ class CRFIQAERC:
             kept = non_mated_rank >= cut
             count = int(np.count_nonzero(kept))
             genuine = genuine_all[genuine_rank >= cut]  # ascending
-            threshold = math.nan
-            if count:
-                # FMR grows along the sorted distances, so the closest candidate is at or before the first tie
-                # group that reaches `fmr`: only the smallest kept distances up to that group are needed
-                smallest = _smallest_kept(non_mated, kept, max(1, math.ceil(fmr * count)))
-                last_of_value = np.flatnonzero(smallest[1:] != smallest[:-1])
-                candidate_fmr = (last_of_value + 1) / count
-                if smallest.size == count:  # every kept distance was taken: the last group is complete too
-                    last_of_value = np.append(last_of_value, count - 1)
-                    candidate_fmr = np.append(candidate_fmr, 1.0)
-                threshold = float(smallest[last_of_value[np.argmin(np.abs(candidate_fmr - fmr))]])
+            threshold = _roc_threshold(non_mated, kept, count, genuine, fmr)
             if genuine.size == 0:
                 fnmrs.append(0.0)
-            elif count == 0:
-                fnmrs.append(math.nan)
             else:
-                rejected = genuine.size - np.searchsorted(genuine, threshold, side="right")
-                fnmrs.append(rejected / genuine.size)
+                accepted = int(np.searchsorted(genuine, threshold, side="left"))  # distance < threshold
+                fnmrs.append(1 - accepted / genuine.size)
             thresholds.append(threshold)
         fnmr = np.array(fnmrs)
-        auc = float(np.sum((fnmr[1:] + fnmr[:-1]) / 2 * np.diff(CRFIQA_RATES)))
-        return ERCResult(CRFIQA_RATES.copy(), fnmr, np.array(thresholds), float(fmr), auc)
+        return ERCResult(CRFIQA_RATES.copy(), fnmr, np.array(thresholds), float(fmr),
+                         _trapezoid(fnmr, _CRFIQA_AUC_RATES))
