@@ -108,7 +108,7 @@ class SpeedStore:
             return Speeds()
 
     def put(self, key: str, speeds: Speeds) -> None:
-        from grafiqs.io.score_files import atomic_write_with
+        from grafiqs.io.atomic import atomic_write_with
 
         entries = self._read()
         if self.foreign:

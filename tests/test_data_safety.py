@@ -232,7 +232,13 @@ def test_weights_replaced_at_the_same_path_are_never_mixed_with_the_old_scores(t
 def test_an_image_replaced_under_the_same_name_is_scored_again(tmp_path, tiny_weights, faces, capsys):
     assert score(faces, tmp_path / "out", tiny_weights) == 0
     before = read_score_file(tmp_path / "out" / "GraFIQs_image.txt")
-    (faces / "clean.png").write_bytes((GOLDEN / "images" / "blur_3.png").read_bytes())
+    info = (faces / "clean.png").stat()
+    replacement = (GOLDEN / "images" / "blur_3.png").read_bytes()
+    (faces / "clean.png").write_bytes(replacement[:info.st_size].ljust(info.st_size, b"\0"))  # same size ...
+    os.utime(faces / "clean.png", ns=(info.st_atime_ns, info.st_mtime_ns))  # ... and the same mtime
+    assert score(faces, tmp_path / "out", tiny_weights) == 0
+    assert f"resuming: {len(FACES) - 1} of {len(FACES)}" in capsys.readouterr().out
+    (faces / "clean.png").write_bytes(replacement)
     assert score(faces, tmp_path / "out", tiny_weights) == 0
     assert f"resuming: {len(FACES) - 1} of {len(FACES)}" in capsys.readouterr().out
     after = read_score_file(tmp_path / "out" / "GraFIQs_image.txt")
@@ -269,10 +275,17 @@ def test_an_unreadable_settings_file_or_broken_record_never_blocks_or_crashes(tm
 
 
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(tmp_path, tiny_weights, faces, capsys):
-    first = OutputFolder(tmp_path / "out")
-    first.claim({"scores.csv"})  # as a running score.py holds it
-    assert score(faces, tmp_path / "out", tiny_weights) == 2
-    assert "another run is writing to" in capsys.readouterr().err
+    holder = subprocess.Popen(  # another process holds the folder, as a running score.py does
+        [sys.executable, "-c", "import sys, time; from grafiqs.io.ledger import OutputFolder; "
+         "OutputFolder(sys.argv[1]).claim({'scores.csv'}); print('held', flush=True); time.sleep(60)", tmp_path / "out"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert score(faces, tmp_path / "out", tiny_weights) == 2
+        assert "another run is writing to" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ------------------------------------------------------------------ bad option values: one line, exit 2, nothing created
@@ -313,16 +326,165 @@ def test_path_replace_alone_is_ignored_as_in_the_official_script(tmp_path, tiny_
     assert sorted(read_score_file(tmp_path / "out" / "GraFIQs_image.txt")) == sorted(str(faces / n) for n in FACES)
 
 
-def test_a_damaged_ledger_or_manifest_can_name_nothing_outside_its_folder(tmp_path):
+def test_a_hostile_ledger_or_manifest_can_name_nothing_outside_its_folder(tmp_path):
     victim = tmp_path / "victim.png"
     victim.write_bytes(b"keep")
+    digest = __import__("hashlib").sha256(b"keep").hexdigest()
     folder = OutputFolder(tmp_path / "out")
     folder.claim({"scores.csv"})
-    (folder.log_dir / "written.json").write_text(json.dumps(["scores.csv", "../victim.png", str(victim)]))
-    assert folder.written() == {"scores.csv"}
-    folder.remove({"../victim.png", str(victim)})
+    with open(folder.ledger, "a") as ledger:
+        for name in ("../victim.png", str(victim)):
+            ledger.write(json.dumps({"name": name, "sha256": digest, "size": 4}) + "\n")
+        ledger.write("\n")
+    with pytest.raises(InputError, match="damaged"):
+        folder.remove({"../victim.png", str(victim)})
     drawn = prepare_synthetic_set(tmp_path / "set", TINY_SET, progress=False)
-    with open(drawn / "manifest.csv", "a") as manifest:
+    with open(drawn / "manifest.csv", "a") as manifest:  # the manifest is no proof: the set is no longer as drawn
         manifest.write("../victim.png,0,probe,none,0\n")
-    prepare_synthetic_set(drawn, SyntheticSetSpec(num_identities=3, kinds=("blur",), severities=(0, 1)), progress=False)
+    with pytest.raises(InputError, match="manifest.csv"):
+        prepare_synthetic_set(drawn, SyntheticSetSpec(num_identities=3, kinds=("blur",), severities=(0, 1)), progress=False)
     assert victim.read_bytes() == b"keep"
+
+
+def test_a_users_folder_with_its_own_manifest_and_spec_is_never_taken_for_a_drawn_set(tmp_path):
+    folder = prepare_synthetic_set(tmp_path / "drawn", TINY_SET, progress=False)
+    mine = tmp_path / "photos"  # the user's photos with a manifest.csv (file column) and a spec.json of the same spec
+    mine.mkdir()
+    for path in folder.iterdir():
+        if path.is_file():
+            (mine / path.name).write_bytes(path.read_bytes())
+    (mine / next(n for n in os.listdir(mine) if n.endswith(".png"))).write_bytes(b"a user's picture")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    with pytest.raises(InputError, match="not a synthetic set drawn by this program"):
+        prepare_synthetic_set(mine, SyntheticSetSpec(num_identities=3, kinds=("blur",), severities=(0, 1)), progress=False)
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+
+
+def test_the_ledger_records_content_so_a_users_file_under_an_earlier_output_name_is_never_deleted(
+        tmp_path, tiny_weights, faces, capsys):
+    out = tmp_path / "out"
+    assert score(faces, out, tiny_weights, "--save-embeddings") == 0
+    np.save(out / "embeddings.npy", np.ones(3))  # the user's own file where a run wrote one
+    mine = (out / "embeddings.npy").read_bytes()
+    assert score(faces, out, tiny_weights) == 2  # a run without --save-embeddings would remove the old one
+    assert "embeddings.npy, changed since this program wrote it" in capsys.readouterr().err
+    assert (out / "embeddings.npy").read_bytes() == mine
+    assert score(faces, out, tiny_weights, "--groups", "image") == 2  # refused: other settings ...
+    (out / "scores.csv").write_text("my table")  # ... and the user writes a scores.csv in between
+    assert score(faces, out, tiny_weights, "--overwrite") == 2
+    assert "changed since this program wrote it" in capsys.readouterr().err
+    assert (out / "scores.csv").read_text() == "my table" and (out / "embeddings.npy").read_bytes() == mine
+
+
+def test_a_damaged_ledger_says_so_and_how_to_recover_even_with_overwrite(tmp_path, tiny_weights, faces, capsys):
+    out = tmp_path / "out"
+    assert score(faces, out, tiny_weights) == 0
+    ledger = out / LOG_FOLDER / "written.jsonl"
+    ledger.write_text("not json\n" + ledger.read_text())
+    assert score(faces, out, tiny_weights, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "is damaged" in err and "delete its .grafiqs folder" in err and len(err.strip().splitlines()) == 1
+    assert (out / "scores.csv").exists()
+
+
+def test_state_files_are_never_reached_through_a_link(tmp_path, tiny_weights, faces, capsys):
+    out = tmp_path / "out"
+    assert score(faces, out, tiny_weights) == 0
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("untouched")
+    log = out / LOG_FOLDER / "rank0.jsonl"
+    log.unlink()
+    log.symlink_to(target)
+    (faces / "new.png").write_bytes((GOLDEN / "images" / "clean.png").read_bytes())
+    assert score(faces, out, tiny_weights) == 2
+    assert "symbolic link" in capsys.readouterr().err and target.read_text() == "untouched"
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "missing", "folder"])
+def test_a_landmarks_file_that_is_not_a_regular_file_is_a_read_error_at_once(tmp_path, tiny_weights, faces, special,
+                                                                            capsys):
+    path = {"/dev/zero": Path("/dev/zero"), "folder": faces}.get(special, tmp_path / "landmarks.txt")
+    if special == "fifo":
+        os.mkfifo(path)
+    assert score(faces, tmp_path / "out", tiny_weights, "--landmarks", path) == 2  # a FIFO must not hang
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "landmarks file" in err and "cannot write" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_crops_saved_into_the_output_folder_never_become_inputs_and_never_collide(tmp_path, tiny_weights, faces):
+    (faces / "clean.png.png").write_bytes((faces / "clean.png").read_bytes())
+    (faces / "clean.jpg").write_bytes(cv2.imencode(".jpg", cv2.imread(str(faces / "clean.png")))[1].tobytes())
+    (faces / "clean.jpg.png").write_bytes((faces / "blur_3.png").read_bytes())
+    out = faces / "scored"  # output and crops inside the input tree, the same folder for both
+    landmarks = tmp_path / "points.csv"
+    points = "38.29,51.70,73.53,51.50,56.03,71.74,41.55,92.37,70.73,92.20"
+    landmarks.write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\n" + "".join(
+        f"{n},{points}\n" for n in os.listdir(faces) if n != "scored"))
+    for _ in range(2):
+        assert score(faces, out, tiny_weights, "--recursive", "--landmarks", landmarks, "--save-aligned", out) == 0
+    rows = read_csv(out / "scores.csv")
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(n for n in os.listdir(faces) if n != "scored")
+    crops = sorted(p.name for p in out.glob("*.png"))
+    assert {"clean.jpg.png", "clean.jpg.2.png"} <= set(crops) and len(crops) == len(rows)
+
+
+def test_a_folder_named_like_an_image_and_an_unlistable_sub_folder_are_listed_with_the_reason(
+        tmp_path, tiny_weights, faces):
+    (faces / "album.png").mkdir()
+    assert score(faces, tmp_path / "flat", tiny_weights) == 0
+    assert any("album.png" in r["path"] and "folder" in r["reason"] for r in read_csv(tmp_path / "flat" / "errors.csv"))
+    (faces / "album.png").rmdir()
+    locked = faces / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as a user who reads every folder")
+        assert score(faces, tmp_path / "deep", tiny_weights, "--recursive") == 0
+        assert any("locked" in r["path"] and "cannot be listed" in r["reason"]
+                   for r in read_csv(tmp_path / "deep" / "errors.csv"))
+    finally:
+        locked.chmod(0o755)
+
+
+def test_landmarks_for_another_image_size_are_not_scored_as_a_black_crop(tmp_path, tiny_weights, faces):
+    landmarks = tmp_path / "points.csv"
+    far = ",".join(str(4 * float(v)) for v in "38.29,51.70,73.53,51.50,56.03,71.74,41.55,92.37,70.73,92.20".split(","))
+    landmarks.write_text(f"path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\nclean.png,{far}\n")
+    assert score(faces / "clean.png", tmp_path / "out", tiny_weights, "--landmarks", landmarks) == 5
+    assert "outside the photo" in read_csv(tmp_path / "out" / "errors.csv")[0]["reason"]
+
+
+def test_the_demo_checks_its_output_folder_before_drawing_and_gives_advice_that_works(tmp_path, monkeypatch, capsys):
+    from grafiqs.cli.score import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "demo").mkdir(parents=True)
+    (tmp_path / "outputs" / "demo" / "scores.csv").write_text("mine")
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "the demo always writes to outputs/demo" in err and "images" not in os.listdir(tmp_path / "outputs" / "demo")
+    assert os.listdir(tmp_path / "outputs") == ["demo"]
+
+
+def test_sigterm_while_the_demo_draws_its_set_stops_with_a_message_and_leaves_nothing(tmp_path):
+    demo = subprocess.Popen([sys.executable, str(ROOT / "score.py")], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert demo.stdout.readline().startswith("drawing")
+    time.sleep(1)
+    demo.send_signal(signal.SIGTERM)
+    _, err = demo.communicate(timeout=60)
+    assert demo.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err
+    assert os.listdir(tmp_path / "outputs" / "demo") == []  # no half-drawn hidden folder
+
+
+@pytest.mark.parametrize("option", [["--batch-size", "99999999999999999999"], ["--output-dir", ""],
+                                    ["--save-aligned", "", "--align"]])
+def test_absurd_values_are_refused_before_anything_is_created(tmp_path, tiny_weights, faces, option, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from grafiqs.cli.score import main
+
+    code = main(["--image-path", str(faces), "--weights", str(tiny_weights), *option])
+    assert code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == ["faces"]

@@ -11,7 +11,8 @@ import time
 import warnings
 from pathlib import Path
 
-from grafiqs.io.ledger import file_digest, is_primary_process
+from grafiqs.io.ledger import is_primary_process
+from grafiqs.io.reading import file_digest
 from grafiqs.errors import GrafiqsError, ImageError, InputError, RunInterrupted, report_stop
 
 DESCRIPTION = """\
@@ -66,13 +67,15 @@ def non_negative_int(text: str) -> int:
     return _bounded_int(text, 0)
 
 
-def _bounded_int(text: str, least: int) -> int:
+def _bounded_int(text: str, least: int, most: int = 2**16) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < least:
         raise argparse.ArgumentTypeError(f"{value} is below {least}")
+    if value > most:
+        raise argparse.ArgumentTypeError(f"{value} is above {most}")
     return value
 
 
@@ -200,7 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, RunInterrupted) as stop:
+        if getattr(args, "drawing", False):
+            return report_stop(stop, "the synthetic set was not drawn and nothing of it was left behind")
         return report_stop(stop, f"finished batches are kept in {log_dir(args)}")
+    except RuntimeError as error:
+        if "DataLoader worker" not in str(error):
+            raise
+        print(f"error: a decoding worker process died ({str(error).splitlines()[0]}; the system's out-of-memory killer "
+              f"stops processes so). Finished batches are kept in {log_dir(args)}; rerun the same command to resume, "
+              "with fewer --num-workers or a smaller --batch-size if memory is short", file=sys.stderr)
+        return 6
     except OSError as error:  # read-only folder, full disk, ...: name the file, keep what is done
         where = error.filename or args.output_dir or "the output folder"
         print(f"error: cannot write {where}: {error.strerror or error}. Batches already scored are kept in {log_dir(args)}; "
@@ -231,30 +243,38 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     retain_freed_memory()  # 1.1-1.2x faster batches on CPU; see grafiqs/allocator.py
     check_options(args, GROUPS)
+    output = OutputFolder(args.output_dir or "outputs/scores", advice=(
+        "move them away (the demo always writes to outputs/demo; score your own folder with --image-path, --weights "
+        "and --output-dir)" if args.demo else None))
+    outputs = output_names(args)
+    if is_primary_process():
+        output.check(outputs, possible_outputs(args))  # before anything is created, the demo's synthetic set included
     if args.demo:
         prepare_demo(args)
-    paths = list_images(args.image_path, parse_extensions(args.image_extension), args.recursive)
+    unlisted: list[tuple[str, str]] = []
+    paths = list_images(args.image_path, parse_extensions(args.image_extension), args.recursive,
+                        exclude=[p for p in (output.path, args.save_aligned) if p], unlisted=unlisted)
     accelerator, devices = choose_devices(args, torch)
     backbone = load_backbone_for(args)
+    aligner = make_aligner(args) if aligning(args) else None
 
     settings = {
         "image_path": str(Path(args.image_path).resolve()),
         "image_extension": args.image_extension,
         "recursive": args.recursive,
-        "weights_sha256": file_digest(args.weights),
+        "weights_sha256": file_digest(args.weights, "weights file"),
         "architecture": list(backbone.layers_per_stage) + list(backbone.widths),
         "bgr2rgb": args.bgr2rgb,
         "precision": args.precision,
         "groups": list(args.groups),
         "alignment": {"detect": args.align, "select": args.select_face,
-                      "landmarks_sha256": args.landmarks and file_digest(args.landmarks)} if aligning(args) else None,
+                      "landmarks_sha256": args.landmarks and file_digest(args.landmarks, "landmarks file")}
+        if aligning(args) else None,
     }
     run_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    output = OutputFolder(args.output_dir or "outputs/scores")
-    outputs = output_names(args)
     if is_primary_process():  # DDP worker processes re-run this script: one process owns the folder
-        output.claim(outputs)
-        start_or_resume(output, outputs, settings, args.overwrite)
+        output.claim(outputs, possible_outputs(args))
+        start_or_resume(output, possible_outputs(args), settings, args.overwrite)
     current = {p: identity_of(p) for p in paths}
     done = read_result_logs(output.path, run_id, current, args.groups, with_embedding=args.save_embeddings)
     todo = [p for p in paths if "scores" not in done.get(p, {})]
@@ -262,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already scored in {output.path}")
 
     if todo:
-        aligner, crops = prepare_alignment(args, todo) if aligning(args) else (None, None)
+        crops = plan_crops(args, todo) if args.save_aligned else None
         loader = DataLoader(
             ImageFileDataset(todo, bgr2rgb=args.bgr2rgb, aligner=aligner, save_aligned=crops),
             batch_size=args.batch_size,
@@ -300,8 +320,8 @@ def run(args: argparse.Namespace) -> int:
     records = read_result_logs(output.path, run_id, current, args.groups, with_embedding=args.save_embeddings)
     scored = [p for p in paths if "scores" in records.get(p, {})]
     labels = demo_labels(Path(args.image_path), scored) if args.demo else None
-    summary = write_final_files(output.path, paths, scored, records, args, labels)
-    output.remove(output.written() - outputs)  # e.g. an embeddings.npy of an earlier run with --save-embeddings
+    summary = write_final_files(output.path, paths, scored, records, args, labels, unlisted)
+    output.remove(possible_outputs(args) - outputs)  # e.g. an embeddings.npy of an earlier run with --save-embeddings
     summary["seconds"] = time.perf_counter() - started
     summary["bf16_units"] = bf16_units(torch)
     summary["compile"] = module.compile_choice.report() if todo else None
@@ -354,7 +374,9 @@ def check_options(args, groups) -> None:
     from grafiqs.io.score_files import name_problem
     from grafiqs.models.iresnet import ARCHITECTURES
 
-    if not args.demo:
+    if args.demo:
+        args.output_dir, args.save_embeddings = "outputs/demo", True
+    else:
         missing = [option for option, value in (("--image-path", args.image_path), ("--weights", args.weights))
                    if value is None]
         if missing:
@@ -372,6 +394,8 @@ def check_options(args, groups) -> None:
         raise InputError(f"unknown --backbone {args.backbone!r}; choose one of {', '.join(ARCHITECTURES)} or custom")
     if args.save_aligned and not aligning(args):
         raise InputError("--save-aligned saves aligned crops: add --align (detect faces) or --landmarks FILE")
+    if args.output_dir == "" or args.save_aligned == "":
+        raise InputError(f"--{'output-dir' if args.output_dir == '' else 'save-aligned'} is empty; give a folder path")
     if args.path_replace_with is not None and name_problem(args.path_replace_with):
         raise InputError(f"--path-replace-with cannot go into a score file: {name_problem(args.path_replace_with)}")
 
@@ -380,27 +404,45 @@ def aligning(args) -> bool:
     return bool(args.align or args.landmarks)
 
 
-def prepare_alignment(args, paths: list[str]):
-    """The FaceAligner of the options, and with --save-aligned where each path's crop goes (a folder the
-    program owns like --output-dir: existing files it did not write are never replaced)."""
+def make_aligner(args):
+    """The FaceAligner of the options; the landmark file is read and checked here, before anything is created."""
     from grafiqs.data.align import FaceAligner, read_landmarks_file
-    from grafiqs.io.ledger import OutputFolder
 
     landmarks = read_landmarks_file(args.landmarks) if args.landmarks else None
-    aligner = FaceAligner(landmarks, select=args.select_face, detect=args.align)
-    if not args.save_aligned:
-        return aligner, None
-    root = Path(args.image_path) if Path(args.image_path).is_dir() else Path(args.image_path).parent
-    names = {}
-    for path in paths:
+    return FaceAligner(landmarks, select=args.select_face, detect=args.align)
+
+
+def crop_names(paths: list[str], root: Path) -> dict[str, str]:
+    """--save-aligned: each path's PNG name under the folder (its relative path, `.png` appended unless it is a PNG
+    already); where two paths would share a name (`a.jpg` and `a.jpg.png`), the later one gets `a.jpg.2.png`."""
+    names, taken = {}, set()
+    for path in sorted(paths):
         name = os.path.relpath(path, root)
-        names[path] = name if name.lower().endswith(".png") else name + ".png"  # PNG: the crop exactly as scored
+        stem = name[:-4] if name.lower().endswith(".png") else name
+        candidate, count = stem + ".png", 1
+        while candidate.lower() in taken:
+            count += 1
+            candidate = f"{stem}.{count}.png"
+        taken.add(candidate.lower())
+        names[path] = candidate
+    return names
+
+
+def plan_crops(args, paths: list[str]) -> dict[str, Path]:
+    """Where each path's aligned crop goes: a folder the program owns like --output-dir (files it did not write are
+    never replaced; every crop written is recorded in its ledger, by any process)."""
+    from grafiqs.io.ledger import OutputFolder
+
+    root = Path(args.image_path) if Path(args.image_path).is_dir() else Path(args.image_path).parent
+    names = crop_names(paths, root)
     folder = OutputFolder(args.save_aligned, "--save-aligned")
     if is_primary_process():
         folder.claim(names.values())
+    else:
+        folder.attach()
     for name in names.values():
         (folder.path / name).parent.mkdir(parents=True, exist_ok=True)
-    return aligner, {path: folder.path / name for path, name in names.items()}
+    return {path: folder.path / name for path, name in names.items()}
 
 
 def output_names(args) -> set[str]:
@@ -408,6 +450,14 @@ def output_names(args) -> set[str]:
     names = {f"GraFIQs_{group}.txt" for group in args.groups} | {"scores.csv", "errors.csv"}
     names |= {"embeddings.npy"} if args.save_embeddings else set()
     return names | ({"edc.png", "demo_table.csv", "demo_table.md"} if args.demo else set())
+
+
+def possible_outputs(args) -> set[str]:
+    """Every file some run of score.py writes into --output-dir: those of an earlier run that this one does not
+    write are removed at its end (while still exactly as written), never other files of the program (crops)."""
+    from grafiqs.quality.scorer import GROUPS
+
+    return output_names(argparse.Namespace(groups=GROUPS, save_embeddings=True, demo=True))
 
 
 def identity_of(path: str) -> list[int] | None:
@@ -419,22 +469,22 @@ def identity_of(path: str) -> list[int] | None:
         return None
 
 
-def start_or_resume(output, outputs: set[str], settings: dict, overwrite: bool) -> None:
+def start_or_resume(output, stale: set[str], settings: dict, overwrite: bool) -> None:
     """Record the run's settings; refuse to mix with results of other settings unless --overwrite,
-    which discards the earlier run's log and files."""
-    from grafiqs.io.score_files import atomic_write_text
+    which discards the earlier run's log and its files (`stale`, those still exactly as written)."""
+    from grafiqs.io.atomic import atomic_write_text
+    from grafiqs.io.ledger import read_state
 
     settings_file = output.log_dir / "settings.json"
     try:
-        previous = json.loads(settings_file.read_text(encoding="utf-8"))
+        previous = json.loads(read_state(settings_file))
     except (OSError, ValueError):  # missing, empty or half-written: no usable settings
         previous = None
     logs = list(output.log_dir.glob("rank*.jsonl"))
     if overwrite:
         for log in logs:
             log.unlink()
-        output.remove(output.written())
-        output.claim(outputs)
+        output.remove(stale)
     elif logs and previous != settings:
         if isinstance(previous, dict):
             changed = ", ".join(k for k in settings if previous.get(k) != settings[k]) or "format"
@@ -451,8 +501,9 @@ def prepare_demo(args) -> None:
     from grafiqs.experiments.demo import DEMO_SET, DEMO_WEIGHTS
     from grafiqs.experiments.synthetic_set import prepare_synthetic_set
 
-    args.output_dir = args.output_dir or "outputs/demo"
+    args.drawing = True
     folder = prepare_synthetic_set(Path(args.output_dir) / "images", DEMO_SET)
+    args.drawing = False
     args.image_path, args.weights, args.save_embeddings = str(folder), str(DEMO_WEIGHTS), True
     if args.compile == "auto":
         args.compile = "off"  # the demo model is so small that compiling it costs more than it saves
@@ -516,15 +567,16 @@ def choose_devices(args, torch) -> tuple[str, int | str | list[int]]:
 
 
 def write_final_files(output_dir: Path, paths: list[str], scored: list[str], records: dict[str, dict], args,
-                      labels=None) -> dict:
+                      labels=None, unlisted=()) -> dict:
     """Score files, scores.csv (plus identity/role/degradation/severity with `labels`), errors.csv, embeddings.npy."""
     import numpy as np
 
     from grafiqs.io.score_files import (atomic_write_npy, printable_path, quality_from_magnitude, replace_prefix,
-                                          write_csv, write_score_file)
+                                        write_csv, write_score_file)
     from grafiqs.lit.writers import decode_embedding
 
     failed = [(printable_path(p), records[p]["error"]) for p in paths if p in records and "error" in records[p]]
+    failed += [(printable_path(folder), reason) for folder, reason in unlisted]
     shown = {p: replace_prefix(p, args.path_replace, args.path_replace_with) for p in scored}
     for group in args.groups:
         write_score_file(output_dir / f"GraFIQs_{group}.txt", ((shown[p], records[p]["scores"][group]) for p in scored))

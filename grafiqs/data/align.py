@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from grafiqs.errors import ImageError, InputError
+from grafiqs.io.reading import read_text
 
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
@@ -69,6 +70,17 @@ def align_face(image: np.ndarray, landmarks, size: int = 112) -> np.ndarray:
     return cv2.warpAffine(image, arcface_transform(landmarks, size), (size, size), borderValue=0.0)
 
 
+MAX_OUTSIDE_FRACTION = 0.5  # a crop more than half outside the photo: the landmarks belong to another image
+
+
+def outside_fraction(image_shape, landmarks, size: int = 112) -> float:
+    """The share of the aligned crop's pixels that fall outside the photo (filled black by the warp)."""
+    inside = np.ones(image_shape[:2], np.uint8)
+    warped = cv2.warpAffine(inside, arcface_transform(landmarks, size), (size, size), flags=cv2.INTER_NEAREST,
+                            borderValue=0)
+    return 1.0 - float(warped.mean())
+
+
 def read_landmarks_file(path: str | Path) -> dict[str, np.ndarray]:
     """Five landmarks per image from a text file: name -> float64 [5, 2] array of (x, y).
 
@@ -79,10 +91,7 @@ def read_landmarks_file(path: str | Path) -> dict[str, np.ndarray]:
     Blank lines are skipped. A malformed line, a repeated name or a non-finite coordinate
     raises InputError naming the file and line.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"landmarks file {path} cannot be read ({error})") from None
+    text = read_text(path, "landmarks file", encoding="utf-8-sig")
     first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if not first_line:
         raise InputError(f"landmarks file {path} is empty")
@@ -211,6 +220,10 @@ class FaceAligner:
         naming `source` when no face is found."""
         landmarks = self.landmarks_for(source)
         if landmarks is not None:
+            outside = outside_fraction(image_bgr.shape, landmarks)
+            if outside > MAX_OUTSIDE_FRACTION:
+                raise ImageError(f"{source}: not scored: {outside:.0%} of the aligned crop lies outside the photo "
+                                 f"({image_bgr.shape[1]}x{image_bgr.shape[0]}); are the landmarks for another image size?")
             return align_face(image_bgr, landmarks), landmarks, float("nan")
         if not self.detect:
             raise ImageError(f"{source}: no landmarks for it in the landmark file (add --align to detect them)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from pathlib import Path
 
 import cv2
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from grafiqs.errors import ImageError
+from grafiqs.errors import ImageError, ReadError
+from grafiqs.io.reading import open_regular
 
 INPUT_SIZE = 112
 # Refuse larger images before decoding them (decompression bombs); an aligned crop is 112x112.
@@ -103,34 +103,28 @@ def jpeg_is_complete(data: bytes) -> bool:
 def read_file_bytes(path: str | Path) -> tuple[bytes, os.stat_result]:
     """The bytes of a regular file and its stat, read with a size limit; anything else is an ImageError.
 
-    Opened non-blocking, so a FIFO or device named like an image is refused at once instead of
-    blocking the run; the type and size come from the opened file itself (fstat), so a symlink to
-    /dev/zero or a file swapped after listing cannot slip through.
+    Through the one check of every read (`grafiqs.io.reading.open_regular`): non-blocking, so a FIFO or
+    device named like an image is refused at once; type and size come from the opened file itself.
     """
     try:
-        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open_regular(path, "image", MAX_FILE_BYTES) as file:
+            info = os.fstat(file.fileno())
+            data = file.read(MAX_FILE_BYTES + 1)
+    except ReadError as error:
+        raise ImageError(_unreadable_image(path, error.reason)) from None
     except OSError as error:
         raise ImageError(f"{path}: cannot be read ({error.strerror or error})") from None
-    info = os.fstat(handle)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(handle)
-        raise ImageError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); only image files are read")
-    with os.fdopen(handle, "rb", buffering=0) as file:
-        if info.st_size > MAX_FILE_BYTES:
-            raise ImageError(f"{path}: {info.st_size} bytes exceed the limit of {MAX_FILE_BYTES}; crop and align faces first")
-        try:
-            data = file.read(MAX_FILE_BYTES + 1)
-        except OSError as error:
-            raise ImageError(f"{path}: cannot be read ({error.strerror or error})") from None
     if len(data) > MAX_FILE_BYTES:  # grew while being read
         raise ImageError(f"{path}: more than {MAX_FILE_BYTES} bytes; crop and align faces first")
     return data, info
 
 
-def _file_kind(mode: int) -> str:
-    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
-    return next((name for test, name in kinds if test(mode)), "a special file")
+def _unreadable_image(path, reason: str) -> str:
+    if reason.startswith("not a regular file"):
+        return f"{path}: {reason}; only image files are read"
+    if "exceed the limit" in reason:
+        return f"{path}: {reason}; crop and align faces first"
+    return f"{path}: cannot be read ({'No such file or directory' if reason == 'not found' else reason})"
 
 
 def read_image(path: str | Path, bgr2rgb: bool = False) -> np.ndarray:

@@ -10,8 +10,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from grafiqs.data.decode import INPUT_SIZE, decode_image, read_file_bytes, to_model_tensor
-from grafiqs.io.score_files import atomic_write_bytes, name_problem, printable_path
-from grafiqs.errors import GrafiqsError, ImageError, InputError
+from grafiqs.io.atomic import atomic_write_bytes
+from grafiqs.io.ledger import LEDGER, LOG_FOLDER
+from grafiqs.io.score_files import name_problem, printable_path
+from grafiqs.errors import GrafiqsError, ImageError, InputError, ReadError
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff")
 
@@ -27,13 +29,18 @@ def parse_extensions(text: str | Sequence[str] | None) -> tuple[str, ...]:
     return extensions
 
 
-def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS, recursive: bool = False) -> list[str]:
+def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS, recursive: bool = False,
+                exclude: Sequence[str | Path] = (), unlisted: list | None = None) -> list[str]:
     """Sorted image paths under `path` (a folder, or a single image file taken as it is).
 
     Paths are spelled as the official script's `Path(image_path).glob(...)` writes them:
     pathlib-normalised (`./crops//x.jpg` -> `crops/x.jpg`), not resolved. Extensions match
-    case-insensitively. Everything with a matching name is listed, whatever its type: the
-    reader refuses FIFOs, devices and broken links with a reason, so none is silently dropped.
+    case-insensitively. Everything with a matching name is listed, whatever its type (a folder
+    named `x.png` in flat mode too): the reader refuses FIFOs, devices, folders and broken links
+    with a reason, so none is silently dropped. With `recursive`, the folders in `exclude` (the
+    run's own output folders) and every folder holding a grafiqs ledger are not entered: the
+    program's own outputs are never inputs; sub-folders that cannot be listed are appended to
+    `unlisted` as (folder, reason).
     """
     if str(path) == "":
         raise InputError("--image-path is empty; give a folder of aligned face crops or one image file")
@@ -43,11 +50,11 @@ def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS
     if not root.is_dir():
         raise InputError(f"image path not found: {path} (give a folder of aligned face crops or one image file)")
     wanted = {e.lower() for e in extensions}
-    found = sorted(
-        str(root / relative)
-        for relative in (_walk_files(root) if recursive else (p.name for p in root.iterdir() if not p.is_dir()))
-        if Path(relative).suffix.lstrip(".").lower() in wanted
-    )
+    try:
+        names = _walk_files(root, exclude, unlisted if unlisted is not None else []) if recursive else os.listdir(root)
+        found = sorted(str(root / relative) for relative in names if Path(relative).suffix.lstrip(".").lower() in wanted)
+    except OSError as error:
+        raise ReadError("image folder", path, error.strerror or str(error)) from None
     if not found:
         where = "under" if recursive else "directly in"
         hint = "" if recursive else "; add --recursive to search sub-folders"
@@ -55,19 +62,25 @@ def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS
     return found
 
 
-def _walk_files(root: Path):
+def _walk_files(root: Path, exclude: Sequence[str | Path], unlisted: list):
     """Relative paths of the files under `root`, following symlinked folders but entering each real folder once
-    (a symlink loop would otherwise recurse forever)."""
-    visited = set()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        info = os.stat(folder)
-        if (info.st_dev, info.st_ino) in visited:
+    (a symlink loop would otherwise recurse forever); not entering `exclude` nor folders the program writes into."""
+    visited = {_inode(p) for p in exclude if os.path.isdir(p)}
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=lambda e: unlisted.append(
+            (e.filename, f"folder cannot be listed ({e.strerror or e}); its images are not scored"))):
+        inode = _inode(folder)
+        if inode in visited or (folder != str(root) and os.path.lexists(os.path.join(folder, LOG_FOLDER, LEDGER))):
             subfolders[:] = []
             continue
-        visited.add((info.st_dev, info.st_ino))
+        visited.add(inode)
         subfolders.sort()
         for name in files:
             yield os.path.relpath(os.path.join(folder, name), root)
+
+
+def _inode(folder) -> tuple[int, int]:
+    info = os.stat(folder)
+    return info.st_dev, info.st_ino
 
 
 class ImageFileDataset(Dataset):
@@ -101,7 +114,7 @@ class ImageFileDataset(Dataset):
                 image, landmarks, confidence = self.aligner(image, source=source)
                 alignment = {"landmarks": landmarks.reshape(-1).tolist(), "confidence": confidence}
                 if source in self.save_aligned:
-                    atomic_write_bytes(self.save_aligned[source], cv2.imencode(".png", image)[1].tobytes())
+                    save_crop(self.save_aligned[source], image)
         except GrafiqsError as error:
             return {"index": index, "image": None, "error": str(error), "shape": None, "file": None}
         if self.bgr2rgb:
@@ -120,9 +133,20 @@ class ImageFileDataset(Dataset):
         return data, file_identity(info), path
 
 
+def save_crop(path: Path, image) -> None:
+    """--save-aligned: the crop as PNG; a file that cannot be written (name too long, disk full) skips that image."""
+    try:
+        atomic_write_bytes(path, cv2.imencode(".png", image)[1].tobytes())
+    except OSError as error:
+        raise ImageError(f"{printable_path(str(path))}: the aligned crop cannot be saved ({error.strerror or error}); "
+                         "the image is not scored") from None
+
+
 def file_identity(info: os.stat_result) -> list[int]:
-    """[size, mtime in ns] of a file: a resumed run rescores an image whose identity changed."""
-    return [info.st_size, info.st_mtime_ns]
+    """[size, mtime, ctime in ns] of a file: a resumed run rescores an image whose identity changed. The kernel sets
+    the ctime on every write or rename, and no tool can set it back, so an image replaced under the same name,
+    size and mtime is scored again."""
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
 def collate_images(items: list[dict]) -> dict:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grafiqs.errors import InputError
+from grafiqs.errors import InputError, ReadError
+from grafiqs.io.reading import read_bytes
 from grafiqs.evaluation.edc import Orientation, pair_quality, to_higher_is_better
 
 FACES_FILE = "{target}_face_tid_mid.txt"
@@ -89,11 +90,10 @@ def _read_table(path: str | os.PathLike, columns: tuple[str, ...], has_name: boo
     """(first column as str if `has_name`, else []; the integer columns as int64 [rows, k]) of a text table."""
     layout = " ".join(columns)
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise IJBCDataError(f"{path}: not found; expected an IJB-C protocol file of lines `{layout}`") from None
-    except OSError as error:
-        raise IJBCDataError(f"{path}: cannot be read ({error.strerror or error})") from None
+        data = read_bytes(path, "IJB-C protocol file")
+    except ReadError as error:
+        raise IJBCDataError(f"{path}: not found; expected an IJB-C protocol file of lines `{layout}`"
+                            if error.reason == "not found" else f"{path}: cannot be read ({error.reason})") from None
     width = len(columns)
     names: list[str] = []
     blocks: list[np.ndarray] = []

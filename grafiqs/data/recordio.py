@@ -31,7 +31,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from grafiqs.data.decode import decode_image
-from grafiqs.errors import InputError
+from grafiqs.errors import InputError, ReadError
+from grafiqs.io.reading import read_bytes
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -204,11 +205,10 @@ def _read_index_fast(idx_path: str, rec_size: int) -> tuple[np.ndarray, np.ndarr
 def _read_index_careful(idx_path: str, rec_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Line by line, naming the first bad line."""
     try:
-        text = Path(idx_path).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise RecordIOError(f"{idx_path}: index file not found; give the train.idx written with the .rec") from None
-    except OSError as error:
-        raise RecordIOError(f"{idx_path}: cannot be read ({error.strerror or error})") from None
+        text = read_bytes(idx_path, "RecordIO index").decode("utf-8")
+    except ReadError as error:
+        raise RecordIOError(f"{idx_path}: index file not found; give the train.idx written with the .rec"
+                            if error.reason == "not found" else f"{idx_path}: cannot be read ({error.reason})") from None
     except UnicodeDecodeError as error:
         raise RecordIOError(f"{idx_path}: not a text index (byte {error.start} is not UTF-8); is this the .rec file?") from None
     keys: list[int] = []
@@ -520,9 +520,9 @@ def write_recordio(root: str | os.PathLike, samples: Iterable[tuple[Any, int]]) 
 def read_property(path: str | os.PathLike) -> tuple[int, int, int]:
     """`property` file -> (num_classes, height, width)."""
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise RecordIOError(f"{path}: cannot be read ({error.strerror or error})") from None
+        text = read_bytes(path, "RecordIO property file", limit=2**20).decode("utf-8").strip()
+    except ReadError as error:
+        raise RecordIOError(f"{path}: cannot be read ({error.reason})") from None
     except UnicodeDecodeError:
         raise RecordIOError(f"{path}: not a text file; expected 'num_classes,height,width'") from None
     fields = [field.strip() for field in text.split(",")]

@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from grafiqs.data.decode import INPUT_SIZE, decode_image, read_file_bytes, to_model_tensor
 from grafiqs.data.folders import parse_extensions
-from grafiqs.errors import InputError
+from grafiqs.errors import InputError, ReadError
+from grafiqs.io.reading import read_bytes
 
 MAX_REPORTED_MISSING = 5
 
@@ -259,11 +260,10 @@ def load_bin_pairs(path: str | os.PathLike) -> VerificationSet:
     """
     source = str(path)
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise VerificationDataError(f"{source}: .bin pair file not found") from None
-    except OSError as error:
-        raise VerificationDataError(f"{source}: cannot be read ({error.strerror or error})") from None
+        data = read_bytes(path, ".bin pair file")
+    except ReadError as error:
+        raise VerificationDataError(f"{source}: .bin pair file {error.reason}" if error.reason == "not found"
+                                    else f"{source}: cannot be read ({error.reason})") from None
     try:
         _check_pickle_stream(data)
         obj = _RestrictedUnpickler(io.BytesIO(data), source).load()
@@ -303,11 +303,10 @@ def write_bin_pairs(path: str | os.PathLike, images_bytes: Sequence[bytes], issa
 def _read_lines(path: Path, what: str) -> list[tuple[int, list[str]]]:
     """(line number, whitespace-split fields) of the non-blank lines of a text list."""
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise VerificationDataError(f"{path}: {what} not found") from None
-    except OSError as error:
-        raise VerificationDataError(f"{path}: cannot be read ({error.strerror or error})") from None
+        text = read_bytes(path, what).decode("utf-8")
+    except ReadError as error:
+        raise VerificationDataError(f"{path}: {what} not found" if error.reason == "not found"
+                                    else f"{path}: cannot be read ({error.reason})") from None
     except UnicodeDecodeError as error:
         raise VerificationDataError(f"{path}: not a UTF-8 text file (byte {error.start}); expected a {what}") from None
     return [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]

@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from grafiqs.io.score_files import atomic_write_text, write_csv
+from grafiqs.io.atomic import atomic_write_text, atomic_write_with
+from grafiqs.io.score_files import write_csv
 from grafiqs.evaluation.edc import (
     EDCResult, Orientation, edc_for_order, pair_quality, random_order_edc, threshold_at_fmr, to_higher_is_better,
 )
@@ -187,5 +188,5 @@ def plot_edcs(results: Sequence[OrderResult], fmr: float, path: Path, limit: flo
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    atomic_write_with(path, lambda file: figure.savefig(file, format="png"))
     return path

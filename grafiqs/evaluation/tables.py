@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from grafiqs.io.score_files import atomic_write_text, safe_file_name, write_csv
+from grafiqs.io.atomic import atomic_write_text, atomic_write_with
+from grafiqs.io.score_files import safe_file_name, write_csv
 from grafiqs.errors import InputError
 from grafiqs.evaluation.edc import EDCResult
 from grafiqs.evaluation.report import _fmr_label
@@ -306,5 +307,6 @@ def plot_edc_grid(curves: Mapping[tuple[str, str], EDCResult], sets: Sequence[st
     """`edc_grid_figure` saved as a PNG at `path` (folders created); missing (set, method) curves are skipped."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    edc_grid_figure(curves, sets, methods, fmr, limit, title).savefig(path, format="png")
+    figure = edc_grid_figure(curves, sets, methods, fmr, limit, title)
+    atomic_write_with(path, lambda file: figure.savefig(file, format="png"))
     return path

@@ -30,7 +30,8 @@ import numpy as np
 
 from grafiqs.data.folders import ImageFileDataset
 from grafiqs.io.ledger import LOG_FOLDER, OutputFolder, is_primary_process
-from grafiqs.io.score_files import atomic_write_text, atomic_write_with, safe_file_name
+from grafiqs.io.atomic import atomic_write_text, atomic_write_with
+from grafiqs.io.score_files import safe_file_name
 from grafiqs.errors import InputError, RunInterrupted
 from grafiqs.lit.writers import BatchLogWriter, decode_array, encode_array, log_records
 

@@ -2,7 +2,8 @@
 
 The demo and the synthetic ablation score a folder of PNGs like any user folder, then
 evaluate with the labels of its `manifest.csv` (identity, role, degradation, severity).
-The folder is written once per specification (`spec.json`) and reused afterwards.
+The folder is written once per specification (`spec.json`) and reused afterwards; its ledger
+(`.grafiqs/written.jsonl`, the SHA-256 of every file drawn) is what marks it as drawn by this program.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from typing import Optional
 import numpy as np
 
 from grafiqs.data.synthetic import DEGRADATIONS, write_demo_folder
-from grafiqs.errors import InputError
+from grafiqs.errors import InputError, stop_on_signals
 from grafiqs.evaluation.report import PairSet
+from grafiqs.io.ledger import LOG_FOLDER, OutputFolder
 
 MANIFEST = "manifest.csv"
 SPEC_FILE = "spec.json"
@@ -49,36 +51,44 @@ class SyntheticSetSpec:
 def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: bool = True) -> Path:
     """Write the set's PNGs and manifest into `folder` unless a set of the same spec is there; returns the folder.
 
-    The set is drawn into a new hidden folder beside `folder` and moved into place when complete, so an
-    interrupted draw leaves nothing half-made in `folder`. An existing `folder` is replaced only if it is
-    empty or holds nothing but a set this function drew (the files its manifest.csv names, the manifest
-    and spec.json); any other file makes it refuse: a user's images are never deleted.
+    A drawn set carries a marker only this program writes: the ledger of its folder
+    (`.grafiqs/written.jsonl`, `grafiqs.io.ledger`) with the SHA-256 of every file drawn. The set is
+    drawn into a new hidden folder beside `folder`, recorded there, and moved into place when
+    complete, so an interrupted draw (Ctrl-C, SIGTERM) leaves nothing behind. An existing `folder` is
+    replaced only if it is empty or every file in it is still exactly a file of a drawn set; any other
+    file (a user's photos, their own manifest.csv and spec.json included) makes it refuse.
     """
     folder = Path(folder)
     if synthetic_set_ready(folder, spec):
         return folder
-    wanted = _spec_json(spec)
-    ours = _files_of_drawn_set(folder)
-    if folder.exists() and not folder.is_dir():
+    if os.path.lexists(folder) and not folder.is_dir():
         raise InputError(f"{folder} is a file; the synthetic set needs a folder (created if missing)")
-    foreign = sorted(set(os.listdir(folder)) - (ours or set())) if folder.is_dir() else []
-    if foreign:
-        raise InputError(f"{folder} holds files that are not a synthetic set drawn by this program ({', '.join(foreign[:3])}"
-                         f"{' ...' if len(foreign) > 3 else ''}); it never deletes them: choose an empty or new folder")
+    drawn = OutputFolder(folder, "synthetic set folder")
+    if folder.is_dir():
+        present = set(os.listdir(folder)) - {LOG_FOLDER}
+        try:
+            foreign = sorted(present - drawn.written())
+        except InputError:  # a damaged or foreign ledger proves nothing
+            foreign = sorted(present) or [LOG_FOLDER]
+        if foreign:
+            raise InputError(f"{folder} holds files that are not a synthetic set drawn by this program ({', '.join(foreign[:3])}"
+                             f"{' ...' if len(foreign) > 3 else ''}); it never deletes them: choose an empty or new folder")
     if progress:
         print(f"drawing {spec.size} synthetic faces ({spec.num_identities} held-out identities) into {folder} ...", flush=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     drawing = Path(tempfile.mkdtemp(prefix=f".{folder.name}.drawing-", dir=folder.parent))
     try:
-        write_demo_folder(drawing, spec.num_identities, spec.seed, spec.identity_offset, spec.kinds, spec.severities,
-                          enrol_per_identity=1, probes_per_identity=spec.probes_per_identity,
-                          one_per_probe=spec.one_per_probe, severity_weights=spec.severity_weights)
-        (drawing / SPEC_FILE).write_text(json.dumps(wanted, indent=1))
-        for name in ours or ():  # the previous set, drawn by this function
-            (folder / name).unlink()
-        if folder.is_dir():
-            folder.rmdir()  # empty now; a file that appeared meanwhile makes this fail instead of being lost
-        drawing.rename(folder)
+        with stop_on_signals():
+            write_demo_folder(drawing, spec.num_identities, spec.seed, spec.identity_offset, spec.kinds, spec.severities,
+                              enrol_per_identity=1, probes_per_identity=spec.probes_per_identity,
+                              one_per_probe=spec.one_per_probe, severity_weights=spec.severity_weights)
+            (drawing / SPEC_FILE).write_text(json.dumps(_spec_json(spec), indent=1))
+            OutputFolder(drawing).adopt(os.listdir(drawing))
+            if folder.is_dir():
+                drawn.remove(drawn.written())  # the previous set, each file checked against its recorded digest
+                shutil.rmtree(folder / LOG_FOLDER)
+                folder.rmdir()  # empty now; a file that appeared meanwhile makes this fail instead of being lost
+            drawing.rename(folder)
     except BaseException:
         shutil.rmtree(drawing, ignore_errors=True)
         raise
@@ -86,23 +96,21 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
 
 
 def synthetic_set_ready(folder: str | Path, spec: SyntheticSetSpec) -> bool:
-    """Whether `folder` holds a complete set drawn for `spec` (a DDP worker waits for rank 0 to draw it)."""
+    """Whether `folder` holds a complete set drawn for `spec`, every file as drawn (a DDP worker waits for rank 0)."""
     folder = Path(folder)
-    return _files_of_drawn_set(folder) is not None and _read_json(folder / SPEC_FILE) == _spec_json(spec)
+    try:
+        ours = OutputFolder(folder).written() if folder.is_dir() else set()
+    except InputError:
+        return False
+    if not {MANIFEST, SPEC_FILE} <= ours or _read_json(folder / SPEC_FILE) != _spec_json(spec):
+        return False
+    with (folder / MANIFEST).open(newline="", encoding="utf-8") as handle:
+        return {row["file"] for row in csv.DictReader(handle)} <= ours
 
 
 def _spec_json(spec: SyntheticSetSpec) -> dict:
     return asdict(spec) | {"kinds": list(spec.kinds), "severities": list(spec.severities),
                            "severity_weights": spec.severity_weights and list(spec.severity_weights)}
-
-
-def _files_of_drawn_set(folder: Path) -> set[str] | None:
-    """The names of a complete set this module drew into `folder` (images, manifest, spec), else None."""
-    if _read_json(folder / SPEC_FILE) is None or not (folder / MANIFEST).is_file():
-        return None
-    with (folder / MANIFEST).open(newline="", encoding="utf-8") as handle:
-        named = {row["file"] for row in csv.DictReader(handle)} | {MANIFEST, SPEC_FILE}
-    return named & set(os.listdir(folder))  # only files in the folder itself, whatever the manifest says
 
 
 def _read_json(path: Path):

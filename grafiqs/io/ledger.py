@@ -1,11 +1,17 @@
-"""Folders the project writes into, and the rule that keeps everyone else's files safe there.
+"""Folders the program writes into, and the rule that keeps everyone else's files safe there.
 
-The program never deletes or overwrites a file it did not create. Every folder it writes
-results into keeps a ledger, `.grafiqs/written.json`, of the file names it created there; a
-name enters the ledger before the file is first written. A file that exists under one of
-the names a run is about to write, but is not in the ledger, belongs to somebody else: the
-run refuses before it creates anything. Only names in the ledger are ever replaced or
-removed (stale outputs of an earlier run, `--overwrite`). The same folder takes a lock for
+The program never deletes or replaces a file unless it is still exactly what the program wrote.
+Every folder it writes results into keeps a ledger, `.grafiqs/written.jsonl`: one line per file
+written, with the file's name, size and SHA-256, appended *before* the file is renamed into place
+(so a run killed at any moment leaves no file of its own unrecorded). A file counts as the
+program's only while its content has a digest the ledger recorded for its name; a name alone is
+no proof. A run refuses, before it creates anything, when a file it would replace or remove is
+someone else's or was changed since it was written, and names the file.
+
+Writes find the ledger themselves: `claim` registers the folder in this process (and the DataLoader
+workers it forks), and every `grafiqs.io.atomic` write under a registered folder checks the file it
+replaces and records the new content. The program's own state in `.grafiqs/` (ledger, lock, run
+settings, per-batch logs) is never reached through a symbolic link. The same folder takes a lock for
 the whole run, so two runs never write into it at once.
 """
 from __future__ import annotations
@@ -15,75 +21,223 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Iterable
 
 from grafiqs.errors import InputError
+from grafiqs.io import atomic
+from grafiqs.io.reading import file_kind
 
 LOG_FOLDER = ".grafiqs"  # the project's own sub-folder: ledger, lock, run settings and per-batch logs
-LEDGER = "written.json"
+LEDGER = "written.jsonl"
+NAMES_ONLY_LEDGER = "written.json"  # the ledger of grafiqs before 2026-12-03: names without content
+_LOCKS: dict[tuple[int, int], object] = {}  # (device, inode) of a locked state folder -> its open lock file
 
 
 class OutputFolder:
-    def __init__(self, path: str | Path, what: str = "--output-dir"):
+    def __init__(self, path: str | Path, what: str = "--output-dir", advice: str | None = None):
         self.path = Path(path)
         self.what = what  # how the user named this folder, for messages
+        self.advice = advice or f"move them or choose another {what}"
         self.log_dir = self.path / LOG_FOLDER
-        self._lock = None
+        self.ledger = self.log_dir / LEDGER
+
+    # ------------------------------------------------------------------ what the ledger says
+
+    def recorded(self) -> dict[str, set[tuple[str, int]]]:
+        """name -> the (sha256, size) contents written under it; raises InputError if the ledger is damaged."""
+        self._check_state_folder()
+        try:
+            text = read_state(self.ledger)
+        except FileNotFoundError:
+            return {}
+        entries: dict[str, set[tuple[str, int]]] = {}
+        lines = text.split("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+                name, sha256, size = entry["name"], entry.get("sha256"), entry.get("size")
+                valid = _inside(name) and (entry.get("removed") is True or (isinstance(sha256, str) and isinstance(size, int)))
+            except (ValueError, TypeError, KeyError):
+                valid = False
+            if not valid:
+                if number == len(lines):  # the last line of a killed run, half appended: nothing was renamed after it
+                    continue
+                raise self._damaged(f"line {number} is not a ledger entry")
+            if entry.get("removed") is True:
+                entries.pop(name, None)
+            else:
+                entries.setdefault(name, set()).add((sha256, size))
+        return entries
+
+    def owns(self, name: str, recorded: dict | None = None) -> bool:
+        """Whether the file `name` is still exactly a content this program wrote there."""
+        recorded = self.recorded() if recorded is None else recorded
+        contents = recorded.get(name)
+        if not contents:
+            return False
+        try:
+            info = os.lstat(self.path / name)
+        except OSError:
+            return False
+        if not stat.S_ISREG(info.st_mode) or info.st_size not in {size for _, size in contents}:
+            return False
+        return _digest(self.path / name) in {sha256 for sha256, _ in contents}
 
     def written(self) -> set[str]:
-        """Names of the files this program created here (an unreadable ledger counts as none)."""
-        try:
-            names = json.loads((self.log_dir / LEDGER).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return set()
-        return {n for n in names if _inside(n)} if isinstance(names, list) else set()
+        """Names of the files in the folder that are still what this program wrote there."""
+        recorded = self.recorded()
+        return {name for name in recorded if self.owns(name, recorded)}
 
-    def check(self, names: Iterable[str]) -> None:
-        """Refuse (InputError) if the folder is a file or any of `names` exists without being ours; creates nothing."""
-        if self.path.exists() and not self.path.is_dir():
+    # ------------------------------------------------------------------ before a run
+
+    def check(self, names: Iterable[str], stale: Iterable[str] | None = None) -> None:
+        """Refuse (InputError) if the folder is a file, its ledger is damaged, or a file the run would replace or
+        remove (`names`, and of the recorded ones those in `stale`, default all) is not exactly what this program
+        wrote; creates nothing."""
+        if os.path.lexists(self.path) and not self.path.is_dir():
             raise InputError(f"{self.what} {self.path} is a file, not a folder; give a folder (created if missing)")
-        ours = self.written()
-        foreign = sorted(n for n in names if n not in ours and os.path.lexists(self.path / n))
+        recorded = self.recorded()
+        removed = set(recorded) if stale is None else set(recorded) & set(stale)
+        foreign, changed = [], []
+        for name in sorted(set(names) | removed):
+            if not os.path.lexists(self.path / name) or self.owns(name, recorded):
+                continue
+            (changed if name in recorded else foreign).append(name)
         if foreign:
-            raise InputError(
-                f"{self.path} already holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not written by "
-                f"this program: it never overwrites other files; move them or choose another {self.what}")
+            raise InputError(f"{self.path} already holds {_some(foreign)}, not written by this program: it never "
+                             f"overwrites other files; {self.advice}")
+        if changed:
+            raise InputError(f"{self.path} holds {_some(changed)}, changed since this program wrote it: it never "
+                             f"replaces or deletes a file that is no longer its own; {self.advice}")
 
-    def claim(self, names: Iterable[str]) -> None:
-        """check(), then create the folder, lock it for this process and enter `names` in the ledger."""
-        names = set(names)
-        self.check(names)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+    def claim(self, names: Iterable[str], stale: Iterable[str] | None = None) -> None:
+        """check(), then create the folder, lock it for this process and record every write into it."""
+        self.check(names, stale)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.log_dir.mkdir(exist_ok=True)
+        except FileExistsError:
+            pass
+        self._check_state_folder()
         self.lock()
-        self._save_ledger(self.written() | names)
+        self.attach()
+
+    def attach(self) -> None:
+        """Record writes into this folder from this process (a DDP worker writing into a folder rank 0 claimed)."""
+        atomic.register_folder(self.path, self)
+
+    def adopt(self, names: Iterable[str]) -> None:
+        """Record files this program has just written into a folder it created itself and no one else knows
+        (a fresh temporary folder, e.g. a synthetic set being drawn), as if each had been written through it."""
+        self.log_dir.mkdir(exist_ok=True)
+        self._check_state_folder()
+        for name in sorted(set(names) - {LOG_FOLDER}):
+            path = self.path / name
+            self._append({"name": name, "sha256": _digest(path), "size": os.lstat(path).st_size})
 
     def lock(self) -> None:
         """Hold an exclusive lock on the folder until the process ends; a second run is refused."""
-        if self._lock is not None:
-            return
-        handle = open(self.log_dir / "lock", "a+", encoding="utf-8")
+        info = os.lstat(self.log_dir)
+        if (info.st_dev, info.st_ino) in _LOCKS:
+            return  # this process holds it already (e.g. --save-aligned is --output-dir)
+        handle = open_state(self.log_dir / "lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            handle.close()
+            os.close(handle)
             if error.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             raise InputError(f"another run is writing to {self.path} right now; wait for it to finish or choose "
                              f"another {self.what}") from None
-        self._lock = handle
+        _LOCKS[(info.st_dev, info.st_ino)] = handle
 
     def remove(self, names: Iterable[str]) -> None:
-        """Delete those of `names` that this program created here (others are left alone)."""
-        ours = self.written()
-        for name in set(names) & ours:
-            (self.path / name).unlink(missing_ok=True)
-        self._save_ledger(ours - set(names))
+        """Delete those of `names` that are still what this program wrote here; refuse if one was changed."""
+        recorded = self.recorded()
+        for name in sorted(set(names) & set(recorded)):
+            if self.owns(name, recorded):
+                (self.path / name).unlink()
+            elif os.path.lexists(self.path / name):
+                raise InputError(f"{self.path / name} changed since this program wrote it; it is not deleted")
+            self._append({"name": name, "removed": True})
 
-    def _save_ledger(self, names: set[str]) -> None:
-        from grafiqs.io.score_files import atomic_write_text
+    # ------------------------------------------------------------------ called by grafiqs.io.atomic
 
-        atomic_write_text(self.log_dir / LEDGER, json.dumps(sorted(names), indent=0))
+    def before_replace(self, name: str, sha256: str, size: int) -> None:
+        """A file `name` with this content is about to be renamed into place: refuse to replace someone else's
+        file, then record the content. The program's state in .grafiqs/ is not ledgered."""
+        if Path(name).parts[0] == LOG_FOLDER:
+            return
+        if os.path.lexists(self.path / name) and not self.owns(name):
+            raise InputError(f"{self.path / name} is not a file this program wrote (or changed since): it is never "
+                             f"replaced; {self.advice}")
+        self._append({"name": name, "sha256": sha256, "size": size})
+
+    # ------------------------------------------------------------------ internals
+
+    def _append(self, entry: dict) -> None:
+        line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
+        handle = open_state(self.ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            os.write(handle, line)  # one write of one short line: appends of several processes never interleave
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+    def _check_state_folder(self) -> None:
+        try:
+            info = os.lstat(self.log_dir)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{self.log_dir} is {'a symbolic link' if stat.S_ISLNK(info.st_mode) else file_kind(info.st_mode)}, "
+                             "not the program's own state folder; it never follows links there: remove it or choose "
+                             f"another {self.what}")
+        if os.path.lexists(self.log_dir / NAMES_ONLY_LEDGER):
+            raise self._damaged(f"it is {NAMES_ONLY_LEDGER} of an older grafiqs, which recorded names only, so no file "
+                                "it lists can be proven the program's own")
+
+    def _damaged(self, why: str) -> InputError:
+        return InputError(
+            f"the ledger of {self.path} ({self.ledger.parent.name}/{self.ledger.name}) is damaged: {why}. Nothing it "
+            f"lists is replaced or deleted, --overwrite included. To recover: move the results you want to keep out of "
+            f"{self.path}, delete its {LOG_FOLDER} folder, and rerun (or choose another {self.what})")
+
+
+def open_state(path: Path, flags: int, mode: int = 0o666) -> int:
+    """os.open of a file in the program's state folder, never through a symbolic link."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InputError(f"{path} is a symbolic link; the program never follows links in its own state folder: "
+                             "remove it") from None
+        raise
+
+
+def read_state(path: Path) -> str:
+    """The text of a state file (FileNotFoundError if absent); a link, FIFO or device is an InputError."""
+    handle = open_state(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(handle, "rb") as file:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise InputError(f"{path} is not a regular file; remove it (the program's state folder holds only its own files)")
+        return file.read().decode("utf-8", "replace")
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
 
 
 def _inside(name) -> bool:
@@ -94,13 +248,3 @@ def _inside(name) -> bool:
 def is_primary_process() -> bool:
     """False in the worker processes that DDP launchers (Lightning's, torchrun, SLURM) start with a rank."""
     return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's content: the same weights under another name are the same run, new ones at the
-    same path are not."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(2**22), b""):
-            digest.update(block)
-    return digest.hexdigest()

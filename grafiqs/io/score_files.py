@@ -17,51 +17,19 @@ import io
 import math
 import os
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+from grafiqs.io.atomic import atomic_write_text, atomic_write_with
+from grafiqs.io.reading import read_text
 
 
 def atomic_write_npy(path: str | Path, array) -> None:
     """`numpy.save` of `array` to `path`, atomically."""
     import numpy as np
 
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's private 0600 is not what users expect
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    atomic_write_with(path, lambda file: file.write(data))
-
-
-def atomic_write_with(path: str | Path, write) -> None:
-    """`write(binary file)` into a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, FILE_MODE)
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda file: np.save(file, array))
 
 
 def safe_file_name(name: str) -> str:
@@ -124,7 +92,7 @@ def read_score_file(path: str | Path) -> dict[str, float]:
 def score_lines(path: str | Path) -> list[tuple[str, float]]:
     """The (path, score) entries of a score file in file order, repeats included (see read_score_file)."""
     entries = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
+    for number, line in enumerate(read_text(path, "score file").split("\n"), start=1):
         line = line.removesuffix("\r")
         if not line.strip():
             continue

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from grafiqs.io.ledger import LOG_FOLDER
+from grafiqs.io.ledger import LOG_FOLDER, open_state
 from grafiqs.errors import ImageError
 from grafiqs.quality.scorer import STATUS_MESSAGES, STATUS_OK
 
@@ -57,9 +57,10 @@ class BatchLogWriter(BasePredictionWriter):
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._stop)  # Lightning restores its predecessors at teardown
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"rank{trainer.global_rank}.jsonl"
-        needs_newline = log.exists() and log.stat().st_size > 0 and not log.read_bytes().endswith(b"\n")
-        self.file = open(log, "a", encoding="utf-8")
+        handle = open_state(self.log_dir / f"rank{trainer.global_rank}.jsonl", os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        size = os.fstat(handle).st_size
+        needs_newline = size > 0 and os.pread(handle, 1, size - 1) != b"\n"
+        self.file = os.fdopen(handle, "a", encoding="utf-8")
         if needs_newline:  # a killed run may have left half a line; start clean after it
             self.file.write("\n")
 
@@ -106,7 +107,7 @@ def log_records(output_dir: str | Path, run: str) -> Iterator[dict]:
     """The records of run `run` in a folder's rank logs, read line by line (a log may be larger than memory);
     half-written lines of a killed run and records of other runs are skipped."""
     for log in sorted((Path(output_dir) / LOG_FOLDER).glob("rank*.jsonl")):
-        with open(log, encoding="utf-8", errors="replace") as handle:
+        with os.fdopen(open_state(log, os.O_RDONLY | os.O_NONBLOCK), encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 try:
                     record = json.loads(line)
@@ -135,7 +136,7 @@ def _is_score(record: dict, groups: Sequence[str], with_embedding: bool) -> bool
     scores, file = record.get("scores"), record.get("file")
     return (isinstance(scores, dict) and all(isinstance(scores.get(g), (int, float)) for g in groups)
             and isinstance(record.get("bns_loss"), (int, float))
-            and isinstance(file, list) and len(file) == 2 and all(isinstance(v, int) for v in file)
+            and isinstance(file, list) and all(isinstance(v, int) for v in file)
             and (not with_embedding or isinstance(record.get("embedding"), str)))
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from grafiqs.data.decode import NORMALIZATION
-from grafiqs.errors import WeightsError
+from grafiqs.errors import ReadError, WeightsError
+from grafiqs.io.reading import open_regular
 from grafiqs.models.iresnet import ARCHITECTURES, DEFAULT_WIDTHS, IResNet, build_iresnet
 
 _STRIPPED_PREFIXES = ("module.", "backbone.", "model.")
@@ -21,10 +22,14 @@ _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 def _load_plain(path: str | Path):
     """torch.load with weights_only=True, turning every failure into a WeightsError that says why."""
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path} (pass --weights with the path of a .pth state dict)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        file = open_regular(path, "weights file", limit=None)
+    except ReadError as error:
+        raise WeightsError(f"weights file not found: {path} (pass --weights with the path of a .pth state dict)"
+                           if error.reason == "not found" else str(error)) from None
+    try:
+        with file:
+            return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         refused = re.search(r"GLOBAL (\S+)", str(error))
         if refused:
