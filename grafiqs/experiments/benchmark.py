@@ -20,6 +20,7 @@ the summary counts them per method and set.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -37,6 +38,34 @@ from grafiqs.experiments.synthetic_set import SyntheticSetSpec
 from grafiqs.quality.baselines import BASELINES, SERFIQ, BNSLoss, EmbeddingNorm, FaceQAN
 
 SET_WAIT_SECONDS = 3600
+CONFIG_FILE_LIMIT = 64 * 2**20  # bytes of a --config YAML
+MOST = 2**16  # the largest count accepted for sizes and processes, as score.py's options
+
+
+# Every number of the config is checked when its dataclass is made (jsonargparse instantiates them while
+# reading the YAML), so a bad value stops the run before anything is created: one line naming the key and
+# the accepted range, never a traceback hours later.
+def _whole(key: str, value, least: int, most: int | None = MOST) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least or (most is not None and value > most):
+        accepted = f"a whole number from {least} to {most}" if most is not None else f"a whole number >= {least}"
+        raise InputError(f"{key} must be {accepted}, got {value!r}")
+
+
+def _fraction(key: str, value, one_allowed: bool = False) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and 0 < value and (value <= 1 if one_allowed else value < 1)):
+        raise InputError(f"{key} must lie in {'(0, 1]' if one_allowed else '(0, 1)'}, got {value!r}")
+
+
+def _listed(key: str, values, check) -> None:
+    if not values:
+        raise InputError(f"{key} is empty; give at least one value")
+    for value in values:
+        check(key, value)
+
+
+NEEDED = {"synthetic": (), "bin": ("path",), "lfw": ("pairs", "images"), "xqlfw": ("pairs", "images"),
+          "pair_list": ("dir",), "identity_folder": ("folder",), "ijbc": ("meta", "images")}  # keys per set kind
 
 
 # The config schema: every key at every level is checked by jsonargparse (as LightningCLI checks
@@ -66,6 +95,29 @@ class SetConfig:
     landmarks: Optional[str] = None
     target: str = "IJBC"
     max_pairs: int = 50_000_000
+
+    def __post_init__(self) -> None:
+        from grafiqs.data.synthetic import DEGRADATIONS
+
+        missing = [key for key in NEEDED.get(self.kind, ()) if getattr(self, key) is None]
+        if missing:
+            raise InputError(f"set {self.name}: kind {self.kind} needs {' and '.join(missing)}")
+        _whole(f"set {self.name!r}: max_pairs", self.max_pairs, 1, None)
+        spec, key = self.synthetic, f"set {self.name!r}: synthetic"
+        # two identities at least: a set needs impostor (non-mated) pairs as well as genuine ones
+        _whole(f"{key}.num_identities", spec.num_identities, 2, None)
+        _whole(f"{key}.probes_per_identity", spec.probes_per_identity, 1)
+        _whole(f"{key}.seed", spec.seed, 0, None)
+        _whole(f"{key}.identity_offset", spec.identity_offset, 0, None)
+        if not spec.kinds or not set(spec.kinds) <= set(DEGRADATIONS):
+            raise InputError(f"{key}.kinds must name one or more of {', '.join(DEGRADATIONS)}, got {list(spec.kinds)}")
+        if not spec.severities or not set(spec.severities) <= {0, 1, 2, 3}:
+            raise InputError(f"{key}.severities must be one or more of 0, 1, 2, 3, got {list(spec.severities)}")
+        weights = spec.severity_weights
+        if weights is not None and (len(weights) != len(spec.severities) or not all(w >= 0 for w in weights)
+                                    or not sum(weights) > 0):
+            raise InputError(f"{key}.severity_weights must give one weight >= 0 per severity {list(spec.severities)}, "
+                             f"not all 0; got {list(weights)}")
 
 
 @dataclass
@@ -103,6 +155,9 @@ class VariantsConfig:
     param_chunk_size: int = 8
     both_orientations: bool = True  # the official rows also read as "larger magnitude = better"
 
+    def __post_init__(self) -> None:
+        _whole("methods.grafiqs.param_chunk_size", self.param_chunk_size, 1)
+
 
 @dataclass
 class ExternalScoresConfig:
@@ -136,6 +191,13 @@ class EvaluationConfig:
     crfiqa_erc: bool = True  # the CR-FIQA-protocol ERC AUC at the first FMR, as a column of the ranked tables
     plot_top: int = 6  # GraFIQs variants (besides the official rows, baselines and references) in the plots
 
+    def __post_init__(self) -> None:
+        _listed("evaluation.fmrs", self.fmrs, _fraction)  # a false match rate: 1e-3, not 1e3
+        _listed("evaluation.limits", self.limits, lambda key, value: _fraction(key, value, one_allowed=True))
+        if not self.metrics:
+            raise InputError("evaluation.metrics is empty; give at least one of pauc_norm, pauc_raw, pauc_minus_best")
+        _whole("evaluation.plot_top", self.plot_top, 0, None)
+
 
 @dataclass
 class WandbConfig:
@@ -163,37 +225,79 @@ class BenchmarkConfig:
     seed: int = 0  # the random reference's order
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
+    def __post_init__(self) -> None:
+        _whole("devices", self.devices, 1)
+        _whole("num_nodes", self.num_nodes, 1)
+        _whole("batch_size", self.batch_size, 1)
+        _whole("num_workers", self.num_workers, 0)
+        _whole("seed", self.seed, 0, None)
+
+
+EXIT_CODES = ("exit codes: 0 done; 2 bad config or input (the config's values and files and each set's pairs are "
+              "checked before any pass runs); 4 cannot write (finished passes are kept in the cache: the same command "
+              "resumes); 130 Ctrl-C; 143 SIGTERM")
+
 
 def config_parser(prog: str = "benchmark.py"):
     """`--config FILE` plus every key as an override (`--devices 2`, `--wandb.mode online`)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog=prog, exit_on_error=False, description=(
+    class ConfigFile(ActionConfigFile):
+        """A --config path must be a regular file (grafiqs.io.reading) before jsonargparse opens it: a FIFO or a
+        device such as /dev/zero is refused at once instead of blocking. An inline YAML mapping is read as given."""
+
+        def __call__(self, parser, cfg, values, option_string=None):
+            if isinstance(values, (str, os.PathLike)) and (os.path.lexists(values) or not _inline_yaml(values)):
+                from grafiqs.io.reading import open_regular
+
+                open_regular(values, "benchmark config", CONFIG_FILE_LIMIT).close()
+            super().__call__(parser, cfg, values, option_string)
+
+    parser = ArgumentParser(prog=prog, exit_on_error=False, epilog=EXIT_CODES, description=(
         "Evaluate FIQA methods (GraFIQs variants, SER-FIQ, embedding norm, FaceQAN, BNS loss, other methods' score "
         "files) on evaluation sets (insightface .bin, LFW, XQLFW, CR-FIQA pair lists, identity folders, IJB-C, "
         "synthetic) with one or more FR models, as FIQA papers do: EDC/pAUC (ISO/IEC 29794-1) tables per FR model "
         "(CSV, markdown, LaTeX), EDC grids and a W&B run. Passes are cached and resumable."))
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file, e.g. configs/benchmark/synthetic.yaml")
+    parser.add_argument("--config", action=ConfigFile, help="YAML file, e.g. configs/benchmark/synthetic.yaml")
     parser.add_class_arguments(BenchmarkConfig)
     return parser
+
+
+def _inline_yaml(value) -> bool:
+    """Whether a --config value is a YAML mapping given inline (`--config '{devices: 2}'`) rather than a path."""
+    import yaml
+
+    try:
+        return isinstance(yaml.safe_load(str(value)), dict)
+    except yaml.YAMLError:
+        return False
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), prog: str = "benchmark.py") -> BenchmarkConfig:
     """The config of YAML `path` with command-line `overrides` (e.g. ["--devices", "2"]), schema-checked."""
     from jsonargparse import ArgumentError
 
-    if path is not None and not Path(path).is_file():
-        raise InputError(f"benchmark config not found: {path}")
-    parser = config_parser(prog)
+    parser = config_parser(prog)  # its --config action checks the file (regular, size) before it is read
     try:
         namespace = parser.parse_args([*(["--config", str(path)] if path is not None else []), *overrides])
     except ArgumentError as error:
         message = " ".join(str(error).split())
         raise InputError(f"{path or 'benchmark config'}: {message}") from None
-    instantiated = parser.instantiate(namespace)
+    try:  # makes the config dataclasses, whose __post_init__ checks every number
+        instantiated = parser.instantiate(namespace)
+    except (TypeError, ValueError) as error:  # jsonargparse wraps a check of an Optional section in a union error
+        raise _reported(error, path) from None
     config = BenchmarkConfig(**{f.name: instantiated[f.name] for f in dataclasses.fields(BenchmarkConfig)})
     _check_names(config)
     return config
+
+
+def _reported(error: BaseException, path) -> InputError:
+    """The config check's own InputError behind a jsonargparse error, else that error as one line."""
+    cause = error
+    while cause is not None and not isinstance(cause, InputError):
+        cause = cause.__cause__ or cause.__context__
+    return cause or InputError(f"{path or 'benchmark config'}: {' '.join(str(error).split())}")
 
 
 def _check_names(config: BenchmarkConfig) -> None:
@@ -253,18 +357,16 @@ class EvaluationSet:
 
 def load_set(spec: SetConfig, cache_dir: Path) -> EvaluationSet:
     from grafiqs.data import verification as v
-    from grafiqs.io.ledger import file_digest
+    from grafiqs.io.reading import file_digest
     from grafiqs.evaluation.report import PairSet
 
-    needed = {"synthetic": (), "bin": ("path",), "lfw": ("pairs", "images"), "xqlfw": ("pairs", "images"),
-              "pair_list": ("dir",), "identity_folder": ("folder",), "ijbc": ("meta", "images")}[spec.kind]
-    missing = [key for key in needed if getattr(spec, key) is None]
-    if missing:
-        raise InputError(f"set {spec.name}: kind {spec.kind} needs {' and '.join(missing)}")
     if spec.kind == "synthetic":
-        return _synthetic_set(spec, cache_dir)
+        eset = _synthetic_set(spec, cache_dir)
+        return _checked(eset, Path(eset.images.source) / "manifest.csv")
     if spec.kind == "ijbc":
-        return _ijbc_set(spec)
+        from grafiqs.data.ijbc import PAIRS_FILE
+
+        return _checked(_ijbc_set(spec), Path(spec.meta) / PAIRS_FILE.format(target=spec.target.lower()))
     if spec.kind == "bin":
         vset = v.load_bin_pairs(spec.path)
         fingerprint = {"kind": "bin", "sha256": file_digest(spec.path)}
@@ -275,7 +377,27 @@ def load_set(spec: SetConfig, cache_dir: Path) -> EvaluationSet:
                 "identity_folder": lambda: v.identity_folder_pairs(spec.folder, max_pairs=spec.max_pairs)}[spec.kind]()
         fingerprint = {"kind": "files", "files": _files_digest(vset.paths)}
     comparisons = PairSet(vset.pairs[:, 0], vset.pairs[:, 1], vset.issame)
-    return EvaluationSet(spec.name, vset, comparisons, fingerprint)
+    return _checked(EvaluationSet(spec.name, vset, comparisons, fingerprint), pair_source(spec))
+
+
+def pair_source(spec: SetConfig) -> str:
+    """The file (or folder) a set's genuine and impostor pairs come from, for messages."""
+    return {"bin": spec.path, "lfw": spec.pairs, "xqlfw": spec.pairs, "identity_folder": f"the folder {spec.folder}",
+            "pair_list": spec.dir and str(Path(spec.dir) / "pair_list.txt")}.get(spec.kind, spec.kind)
+
+
+def _checked(eset: EvaluationSet, source) -> EvaluationSet:
+    """The set, if it has genuine and impostor comparisons: the EDC sets its threshold at each FMR on the impostor
+    scores and measures the FNMR on the genuine ones. Checked when the set is loaded, before any pass runs."""
+    mated = np.asarray(eset.comparisons.mated, bool)
+    genuine = int(mated.sum())
+    impostor = mated.size - genuine
+    if not genuine or not impostor:
+        lacking = "no pairs at all" if not mated.size else "no impostor pairs" if genuine else "no genuine pairs"
+        raise InputError(f"set {eset.name}: {source} has {lacking} ({genuine} genuine, {impostor} impostor); the EDC "
+                         "needs both: its threshold is set at each FMR on the impostor comparisons and the FNMR is "
+                         "measured on the genuine ones")
+    return eset
 
 
 def _files_digest(paths: list[str]) -> str:
@@ -314,16 +436,20 @@ def _synthetic_set(spec: SetConfig, cache_dir: Path) -> EvaluationSet:
                          labels.severity, labels.degradation)
 
 
+def landmark_file(spec: SetConfig) -> str:
+    return spec.landmarks or str(Path(spec.meta) / f"{spec.target.lower()}_name_5pts_score.txt")
+
+
 def _ijbc_set(spec: SetConfig) -> EvaluationSet:
     from grafiqs.data.align import FaceAligner, read_landmarks_file
     from grafiqs.data.ijbc import TemplatePairSet, ijbc_images, load_ijbc_protocol
-    from grafiqs.io.ledger import file_digest
+    from grafiqs.io.reading import file_digest
     from grafiqs.data.verification import VerificationSet
 
     protocol = load_ijbc_protocol(spec.meta, spec.target)
     paths = ijbc_images(protocol, spec.images)
-    landmarks = spec.landmarks or str(Path(spec.meta) / f"{spec.target.lower()}_name_5pts_score.txt")
-    if not Path(landmarks).is_file():
+    landmarks = landmark_file(spec)
+    if not os.path.lexists(landmarks):
         raise InputError(f"set {spec.name}: landmark file {landmarks} not found; IJB-C images are aligned from "
                          "ijbc_name_5pts_score.txt (give its path as landmarks)")
     aligner = FaceAligner(read_landmarks_file(landmarks), detect=False)
@@ -346,7 +472,7 @@ class FRModel:
 
 
 def load_model(spec: FRModelConfig) -> FRModel:
-    from grafiqs.io.ledger import file_digest
+    from grafiqs.io.reading import file_digest
     from grafiqs.models.loading import load_backbone_and_metadata
 
     network, metadata = load_backbone_and_metadata(spec.backbone, spec.weights)
@@ -449,6 +575,37 @@ def grafiqs_rows(columns: dict[str, np.ndarray], variants: VariantsConfig) -> li
 # --------------------------------------------------------------------------- the run
 
 
+def input_files(config: BenchmarkConfig) -> list[tuple[str, str]]:
+    """(path, what) of every file the config names: weights, pair lists, protocol and landmark files, score files."""
+    from grafiqs.data.ijbc import FACES_FILE, PAIRS_FILE
+
+    files = [(m.weights, f"weights file of model {m.name}") for m in config.models]
+    for spec in config.sets:  # the keys each kind needs are given: SetConfig checks them
+        if spec.kind == "bin":
+            named = [(spec.path, ".bin pair file")]
+        elif spec.kind in ("lfw", "xqlfw"):
+            named = [(spec.pairs, "pairs file")]
+        elif spec.kind == "pair_list":
+            named = [(str(Path(spec.dir) / "pair_list.txt"), "pair_list.txt")]
+        elif spec.kind == "ijbc":
+            named = [(str(Path(spec.meta) / name.format(target=spec.target.lower())), "IJB-C protocol file")
+                     for name in (FACES_FILE, PAIRS_FILE)] + [(landmark_file(spec), "landmarks file")]
+        else:  # synthetic (drawn by the program), identity_folder (images only)
+            named = []
+        files += [(path, f"{what} of set {spec.name}") for path, what in named]
+    files += [(e.path, f"score file of {e.name} on set {e.set}") for e in config.methods.external]
+    return files
+
+
+def check_inputs(config: BenchmarkConfig) -> None:
+    """Every file the config names is a regular file (grafiqs.io.reading: a FIFO or /dev/zero is refused at once,
+    a missing file named), checked before anything is created or run; the readers check again when they read."""
+    from grafiqs.io.reading import open_regular
+
+    for path, what in input_files(config):
+        open_regular(path, what, limit=None).close()
+
+
 def output_names(config: BenchmarkConfig) -> set[str]:
     """The files a run writes into output_dir (entered in its ledger before anything is written)."""
     from grafiqs.evaluation.tables import comparison_table_names
@@ -467,7 +624,6 @@ def output_names(config: BenchmarkConfig) -> set[str]:
 def run_benchmark(config: BenchmarkConfig) -> dict | None:
     """Run every pass (cached), evaluate, write the report; returns what was written (None on DDP workers)."""
     from grafiqs.io.ledger import OutputFolder, is_primary_process
-    from grafiqs.experiments.passes import PassRunner, PassSpec
 
     started = time.perf_counter()
     out = Path(config.output_dir)
@@ -475,8 +631,17 @@ def run_benchmark(config: BenchmarkConfig) -> dict | None:
     primary = is_primary_process()
     output, written = OutputFolder(out, "output_dir"), output_names(config)
     if primary:
-        output.claim(written)
-    sets = [load_set(spec, cache_dir) for spec in config.sets]
+        output.check(written)  # creates nothing: a foreign file there is named before any set is read
+    check_inputs(config)
+    kept = f"finished passes are kept in {cache_dir}"
+    sets = []
+    for spec in config.sets:  # each set is checked as it is loaded: genuine and impostor pairs
+        with _writing(config, kept) if spec.kind == "synthetic" else contextlib.nullcontext():  # drawn into the cache
+            sets.append(load_set(spec, cache_dir))
+    if primary:
+        with _writing(config, "no pass has run yet", resumes=False):
+            output.claim(written)
+    from grafiqs.experiments.passes import PassRunner, PassSpec  # Lightning: imported once the input is known good
     # other methods' score files are read before any pass runs: a missing entry must not wait for hours of scoring
     external = {eset.name: external_rows(config, eset) for eset in sets} if primary else {}
     models = {spec.name: load_model(spec) for spec in config.models}
@@ -494,8 +659,9 @@ def run_benchmark(config: BenchmarkConfig) -> dict | None:
         def run(model: FRModel, method: str, compute, **settings):
             spec = PassSpec(eset.name, model.name, method,
                             {"set": eset.fingerprint, "model": model.fingerprint, "method": method, **settings})
-            passes[eset.name, model.name, method] = runner(spec, eset.images, model.network, compute, model.rgb,
-                                                           eset.aligner)
+            with _writing(config, kept):
+                passes[eset.name, model.name, method] = runner(spec, eset.images, model.network, compute, model.rgb,
+                                                               eset.aligner)
             folders[f"{eset.name}/{model.name}/{method}"] = str(spec.folder(cache_dir))
 
         for model in models.values():
@@ -516,14 +682,34 @@ def run_benchmark(config: BenchmarkConfig) -> dict | None:
     from grafiqs.experiments.benchmark_report import evaluate, write_report
 
     evaluation = evaluate(config, sets, [m for m in models.values() if m.judge], rows, passes)
-    report = write_report(config, out, sets, rows, evaluation)
-    report["summary"]["seconds_total"] = time.perf_counter() - started
-    report["summary"]["passes"] = folders  # values.npz and pass.json (seconds) of each pass
-    from grafiqs.io.score_files import atomic_write_text
+    from grafiqs.io.atomic import atomic_write_text
 
-    atomic_write_text(out / "summary.json", json.dumps(report["summary"], indent=1, allow_nan=True))
-    output.remove(output.written() - written)  # e.g. the tables of a model an earlier run of this folder had
+    with _writing(config, f"every pass is done and kept in {cache_dir}"):  # read-only folder, full disk, ...
+        report = write_report(config, out, sets, rows, evaluation)
+        report["summary"]["seconds_total"] = time.perf_counter() - started
+        report["summary"]["passes"] = folders  # values.npz and pass.json (seconds) of each pass
+        atomic_write_text(out / "summary.json", json.dumps(report["summary"], indent=1, allow_nan=True))
+        output.remove(output.written() - written)  # e.g. the tables of a model an earlier run of this folder had
     return report
+
+
+class CannotWrite(Exception):
+    """An output or cache file could not be written (exit 4); the message says where, why and what is kept."""
+
+
+@contextlib.contextmanager
+def _writing(config: BenchmarkConfig, kept: str, resumes: bool = True):
+    """Turn an OSError of the writes inside (unwritable or full folder) into CannotWrite, saying what is kept and
+    that the same command resumes: the passes are cached by their settings, so a rerun loads them."""
+    try:
+        yield
+    except OSError as error:
+        where = error.filename or config.output_dir
+        again = "rerun the same command" + (" to resume" if resumes else "")
+        if resumes and not config.cache_dir:  # the cache lies in output_dir
+            again += f" (with another output_dir, add --cache_dir {Path(config.output_dir) / 'cache'} to reuse the passes)"
+        raise CannotWrite(f"cannot write {where}: {error.strerror or error}. {kept[0].upper()}{kept[1:]}; free space or "
+                          f"make the folder writable, then {again}") from None
 
 
 def external_rows(config: BenchmarkConfig, eset: EvaluationSet) -> list[Row]:
@@ -555,6 +741,9 @@ def main(argv: list[str] | None = None, prog: str = "benchmark.py") -> int:
     except GrafiqsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except CannotWrite as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
     except (KeyboardInterrupt, RunInterrupted) as stop:
         return report_stop(stop, "finished passes and batches are kept in the cache")
     if result is None:  # a DDP worker: rank 0 reports
