@@ -33,7 +33,8 @@ from grafiqs.lit.fr_module import (
     kfold_accuracy,
     tar_at_fmr,
 )
-from grafiqs.models.heads import ArcFaceHead, CombinedMarginHead, CosFaceHead, build_head, resolve_margins
+from grafiqs.models.heads import ArcFaceHead, CosFaceHead, build_head
+from grafiqs.models.margins import CombinedMarginHead, resolve_margins
 from grafiqs.models.iresnet import IResNet
 from grafiqs.models.loading import load_backbone, load_weights, read_checkpoint_metadata, read_state_dict
 

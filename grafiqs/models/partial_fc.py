@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from grafiqs.models.heads import CombinedMarginHead
+from grafiqs.models.margins import CombinedMarginHead
 
 
 def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
