@@ -488,3 +488,12 @@ def test_absurd_values_are_refused_before_anything_is_created(tmp_path, tiny_wei
     code = main(["--image-path", str(faces), "--weights", str(tiny_weights), *option])
     assert code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     assert os.listdir(tmp_path) == ["faces"]
+
+
+def test_a_jpeg_with_corrupt_scan_data_is_named_not_scored(tmp_path, tiny_weights, faces):
+    data = bytearray(cv2.imencode(".jpg", cv2.imread(str(faces / "clean.png")))[1].tobytes())
+    data[len(data) // 2:len(data) // 2 + 40] = b"\xff\x00" * 20  # libjpeg repairs this and only warns on stderr
+    (faces / "damaged.jpg").write_bytes(bytes(data))
+    assert score(faces, tmp_path / "out", tiny_weights) == 0
+    errors = read_csv(tmp_path / "out" / "errors.csv")
+    assert [Path(r["path"]).name for r in errors] == ["damaged.jpg"] and "corrupt JPEG data" in errors[0]["reason"]

@@ -8,7 +8,6 @@ import pytest
 
 from grafiqs.errors import InputError
 from grafiqs.evaluation.edc import (
-    CRFIQA_RATES,
     CRFIQAERC,
     crfiqa_erc,
     edc,

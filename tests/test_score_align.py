@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from grafiqs.cli.score import LANDMARK_COLUMNS, main
+from grafiqs.cli.score import main
+from grafiqs.pipeline.scoring import LANDMARK_COLUMNS
 from grafiqs.data.align import align_face
 from grafiqs.io.score_files import read_score_file
 from grafiqs.experiments.demo import DEMO_WEIGHTS

@@ -8,6 +8,7 @@ This module is the single place where that happens, for scoring, training and ev
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -21,6 +22,8 @@ from grafiqs.errors import ImageError, ReadError
 from grafiqs.io.reading import open_regular
 
 INPUT_SIZE = 112
+# libjpeg's warnings that the scan data is damaged and was filled in (others, e.g. an unknown JFIF revision, are benign)
+CORRUPT_DATA_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters", "Inconsistent progression")
 # Refuse larger images before decoding them (decompression bombs); an aligned crop is 112x112.
 MAX_PIXELS = 64_000_000
 # Refuse larger files before reading them: 64 megapixels of uncompressed 16-bit RGB TIFF fit.
@@ -42,13 +45,39 @@ def decode_image(data: bytes, bgr2rgb: bool = False, source: str = "image") -> n
         # libjpeg would fill the missing rows with gray and only warn: a score of half an image is wrong.
         raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if data[:2] == b"\xff\xd8":
+            with _decoder_warnings() as lines:
+                image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            warnings = [line for line in lines if line.startswith(CORRUPT_DATA_WARNINGS)]
+            if warnings and image is not None:
+                # libjpeg repairs corrupt scan data with made-up pixels and only warns, without naming the file
+                raise ImageError(f"{source}: corrupt JPEG data ({warnings[0][:200]}); the decoded pixels are not the photo's")
+        else:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as error:  # e.g. a header claiming sizes beyond OpenCV's own limits (found by fuzzing)
         reason = str(error).strip().splitlines()[-1][:200]
         raise ImageError(f"{source}: not a decodable image (OpenCV refused it: {reason})") from None
     if image is None:
         raise ImageError(f"{source}: not a decodable image (unknown format or corrupt data)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr2rgb else image
+
+
+@contextlib.contextmanager
+def _decoder_warnings():
+    """The lines a C decoder writes to stderr inside the block (libjpeg's warnings), captured in a list."""
+    lines: list[str] = []
+    if not hasattr(os, "memfd_create"):
+        yield lines
+        return
+    capture, saved = os.memfd_create("decoder-warnings"), os.dup(2)
+    try:
+        os.dup2(capture, 2)
+        yield lines
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        lines += os.pread(capture, 4096, 0).decode("utf-8", "replace").splitlines()
+        os.close(capture)
 
 
 def _header_pixels(data: bytes, source: str) -> int | None:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,7 +31,7 @@ from grafiqs.data.folders import ImageFileDataset
 from grafiqs.io.ledger import LOG_FOLDER, OutputFolder, is_primary_process
 from grafiqs.io.atomic import atomic_write_text, atomic_write_with
 from grafiqs.io.score_files import safe_file_name
-from grafiqs.errors import InputError, RunInterrupted
+from grafiqs.errors import InputError
 from grafiqs.lit.writers import BatchLogWriter, decode_array, encode_array, log_records
 
 RESULT, SETTINGS = "values.npz", "pass.json"
@@ -166,29 +165,14 @@ class PassRunner:
         return outputs
 
     def _predict(self, folder, run, images, todo, backbone, compute, bgr2rgb, aligner) -> None:
-        import lightning as L
-        from torch.utils.data import DataLoader
-
-        from grafiqs.data.folders import ShardSampler, collate_images
         from grafiqs.lit.quality_module import PassModule
+        from grafiqs.pipeline.predict import predict
 
         # one Trainer per pass: its start-up notes (accelerators, tips) would repeat dozens of times
         logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-        loader = DataLoader(PassImages(images, todo, bgr2rgb, aligner), batch_size=self.batch_size,
-                            num_workers=self.num_workers, collate_fn=collate_images, sampler=ShardSampler(len(todo)))
-        writer = PassLogWriter(folder, todo, run)
-        distributed = self.devices not in (1, "1") or self.num_nodes > 1
-        trainer = L.Trainer(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
-                            strategy="ddp" if distributed else "auto", inference_mode=False,
-                            use_distributed_sampler=False, logger=False, enable_checkpointing=False,
-                            enable_model_summary=False, callbacks=[writer])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
-            try:
-                trainer.predict(PassModule(backbone, compute), loader, return_predictions=False)
-            except (SystemExit, KeyboardInterrupt):  # Lightning turns Ctrl-C into exit(1) after stopping its workers
-                raise RunInterrupted(writer.stop_signal or 2) from None
+        predict(PassImages(images, todo, bgr2rgb, aligner), PassLogWriter(folder, todo, run),
+                lambda trainer: PassModule(backbone, compute), accelerator=self.accelerator, devices=self.devices,
+                num_nodes=self.num_nodes, batch_size=self.batch_size, num_workers=self.num_workers)
 
 
 def _synchronise() -> None:

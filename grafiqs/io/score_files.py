@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
 import unicodedata
 from pathlib import Path
