@@ -59,3 +59,17 @@ def test_fewer_images_than_processes_are_scored_once_and_the_idle_process_ends(t
               for line in log.read_text().splitlines()]
     assert logged == [str(images / "face.png")]
     assert len(rows(tmp_path / "out" / "scores.csv")) == 1
+
+
+def test_strict_with_the_bad_file_on_the_second_process_stops_every_process_with_exit_3(tmp_path, tiny_weights):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "c.png"):
+        (images / name).write_bytes((GOLDEN / "images" / "clean.png").read_bytes())
+    (images / "b.png").write_bytes(b"not an image")  # index 1: the second process's share
+    command = [sys.executable, "score.py", "--image-path", str(images), "--weights", str(tiny_weights), "--output-dir",
+               str(tmp_path / "out"), "--batch-size", "1", "--num-workers", "0", "--accelerator", "cpu", "--devices", "2",
+               "--strict"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and done.stderr.count("b.png: not a decodable image") == 2

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from grafiqs.errors import InputError
+from grafiqs.errors import ImageError, InputError
 from grafiqs.io.ledger import OutputFolder, is_primary_process
 from grafiqs.io.reading import file_digest
 
@@ -38,7 +38,7 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
     from grafiqs.data.folders import ImageFileDataset, list_images, parse_extensions
     from grafiqs.hardware import bf16_units
     from grafiqs.lit.quality_module import GraFIQsModule
-    from grafiqs.lit.writers import ResultLogWriter, read_result_logs
+    from grafiqs.lit.writers import ResultLogWriter, log_records, read_result_logs
     from grafiqs.pipeline.predict import predict
     from grafiqs.quality.scorer import GROUPS
 
@@ -78,10 +78,17 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
             return GraFIQsModule(backbone, groups=args.groups, precision=args.precision,
                                  return_embeddings=args.save_embeddings, compile_choice=choice)
 
-        trainer = predict(ImageFileDataset(todo, bgr2rgb=args.bgr2rgb, aligner=aligner, save_aligned=crops),
-                          ResultLogWriter(output.path, todo, run_id, strict=args.strict), make_module,
-                          accelerator=accelerator, devices=devices, num_nodes=args.num_nodes,
-                          batch_size=args.batch_size, num_workers=args.num_workers)
+        try:
+            trainer = predict(ImageFileDataset(todo, bgr2rgb=args.bgr2rgb, aligner=aligner, save_aligned=crops),
+                              ResultLogWriter(output.path, todo, run_id, strict=args.strict), make_module,
+                              accelerator=accelerator, devices=devices, num_nodes=args.num_nodes,
+                              batch_size=args.batch_size, num_workers=args.num_workers)
+        except RuntimeError:
+            stopped = args.strict and next((r["error"] for r in log_records(output.path, run_id) if "error" in r), None)
+            if not stopped:
+                raise
+            # another DDP process stopped at a bad file under --strict; this one sees only its peer gone
+            raise ImageError(f"--strict: another process stopped at the first unusable file: {stopped}") from None
         if not trainer.is_global_zero:
             return None
         module = trainer.lightning_module
