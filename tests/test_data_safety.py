@@ -497,3 +497,15 @@ def test_a_jpeg_with_corrupt_scan_data_is_named_not_scored(tmp_path, tiny_weight
     assert score(faces, tmp_path / "out", tiny_weights) == 0
     errors = read_csv(tmp_path / "out" / "errors.csv")
     assert [Path(r["path"]).name for r in errors] == ["damaged.jpg"] and "corrupt JPEG data" in errors[0]["reason"]
+
+
+def test_a_crop_that_cannot_be_saved_skips_its_image_and_the_others_are_scored(tmp_path, tiny_weights, faces):
+    long_name = "x" * 251 + ".jpg"  # 255 bytes: the crop's name, long_name + ".png", is too long for the file system
+    (faces / long_name).write_bytes(cv2.imencode(".jpg", cv2.imread(str(faces / "clean.png")))[1].tobytes())
+    landmarks = tmp_path / "points.csv"
+    points = "38.29,51.70,73.53,51.50,56.03,71.74,41.55,92.37,70.73,92.20"
+    landmarks.write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\n" + "".join(f"{n},{points}\n" for n in os.listdir(faces)))
+    assert score(faces, tmp_path / "out", tiny_weights, "--landmarks", landmarks, "--save-aligned", tmp_path / "crops") == 0
+    errors = read_csv(tmp_path / "out" / "errors.csv")
+    assert len(errors) == 1 and "aligned crop cannot be saved" in errors[0]["reason"]
+    assert len(read_csv(tmp_path / "out" / "scores.csv")) == len(FACES)
