@@ -1,4 +1,4 @@
-"""End-of-training callbacks: exact BatchNorm re-estimation and export of the backbone.
+"""End-of-training callbacks: exact BatchNorm re-estimation, export of the backbone, last.ckpt at every epoch end.
 
 GraFIQs scores an image by how far its BatchNorm input statistics are from the running
 mean/variance stored in the network. During training those are exponential moving averages
@@ -13,7 +13,15 @@ dict (`backbone.pth`, readable by `load_backbone` and by the authors' script) an
 checkpoint (`grafiqs.ckpt`) whose metadata records the architecture, channel order and
 normalisation. Both callbacks act in `on_train_end`, while the model is still on its device
 (Lightning's `on_fit_end` comes after the strategy teardown has moved it to the CPU), and
-`ExportBackbone` makes sure any pending recalibration runs before it writes anything.
+`ExportBackbone` makes sure any pending recalibration runs before it writes anything. Its
+folder is claimed (`grafiqs.io.ledger.OutputFolder`) when fit starts, before any training, so a
+folder holding someone else's `backbone.pth` refuses the run at once, and every export is a
+ledgered atomic write: the program replaces only the files it wrote there itself.
+
+`EpochEndLastCheckpoint` writes the `last.ckpt` of every `ModelCheckpoint(save_last=...)` at the end
+of every training epoch, the run's last (possibly partial) epoch included, whatever the callback's
+step or time triggers: Lightning's own ModelCheckpoint writes "last" at an epoch end only when it
+saved another checkpoint at that very step, and at the end of fit only when it never saved at all.
 """
 from __future__ import annotations
 
@@ -22,15 +30,20 @@ from typing import Callable, Iterable
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from grafiqs.errors import InputError
+from grafiqs.io.atomic import atomic_write_with
+from grafiqs.io.ledger import OutputFolder
 from grafiqs.models.loading import METADATA_KEY
 
 BACKBONE_FILE = "backbone.pth"
 BACKBONE_CHECKPOINT_FILE = "backbone.ckpt"
 CHECKPOINT_FILE = "grafiqs.ckpt"
+EXPORTED_FILES = (BACKBONE_FILE, BACKBONE_CHECKPOINT_FILE, CHECKPOINT_FILE)
 
 
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
@@ -126,8 +139,30 @@ def backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_backbone_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict) -> None:
     """The backbone's weights plus its metadata (architecture, colour order, normalisation), no
-    head or optimizer: what `score.py --weights` needs, at the size of the plain .pth."""
-    torch.save({"state_dict": {f"backbone.{k}": v for k, v in state_dict.items()}, METADATA_KEY: metadata}, path)
+    head or optimizer: what `score.py --weights` needs, at the size of the plain .pth. An atomic
+    write, ledgered when `path` lies in a claimed folder."""
+    content = {"state_dict": {f"backbone.{k}": v for k, v in state_dict.items()}, METADATA_KEY: metadata}
+    atomic_write_with(path, lambda file: torch.save(content, file))
+
+
+def on_rank_zero_for_all(trainer: L.Trainer, action: Callable[[], None]) -> None:
+    """Run `action` on global rank 0 only; if it refuses (InputError), every rank raises it.
+
+    Collective under DDP (a broadcast), so the other ranks never wait forever in a barrier for a rank 0
+    that failed. The copies raised on the other ranks are marked `reported_by_rank_zero`: train_fr.py
+    prints the one error line once, from rank 0.
+    """
+    problem = None
+    if trainer.is_global_zero:
+        try:
+            action()
+        except InputError as error:
+            problem = str(error)
+    problem = trainer.strategy.broadcast(problem)
+    if problem is not None:
+        error = InputError(problem)
+        error.reported_by_rank_zero = not trainer.is_global_zero
+        raise error
 
 
 class ExportBackbone(L.Callback):
@@ -140,11 +175,24 @@ class ExportBackbone(L.Callback):
     colour_order, normalisation, BN recalibration), read by `read_checkpoint_metadata`.
     `dirpath` defaults to the Trainer's `default_root_dir`. Skipped under `fast_dev_run`,
     as Lightning's own checkpointing is.
+
+    The folder is claimed when fit starts (`setup`): a run is refused, before it trains or creates
+    anything, if one of the three files there is not exactly a file this program wrote (its ledger,
+    `.grafiqs/written.jsonl`, says so); a finished run's own files are replaced by the next run.
     """
 
     def __init__(self, dirpath: str | None = None):
         super().__init__()
         self.dirpath = dirpath
+
+    def output_folder(self, trainer: L.Trainer) -> OutputFolder:
+        what = "ExportBackbone's dirpath" if self.dirpath else "--trainer.default_root_dir"
+        return OutputFolder(self.dirpath or trainer.default_root_dir, what=what,
+                            advice=f"move them or choose another {what}")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and not trainer.fast_dev_run:
+            on_rank_zero_for_all(trainer, lambda: self.output_folder(trainer).claim(EXPORTED_FILES))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Any BNRecalibration that Lightning would call after us runs now: the export must see its statistics.
@@ -154,13 +202,44 @@ class ExportBackbone(L.Callback):
         if trainer.fast_dev_run:
             rank_zero_info("ExportBackbone: fast_dev_run, nothing exported")
             return
-        folder = Path(self.dirpath or trainer.default_root_dir)
-        checkpoint_path = folder / CHECKPOINT_FILE
-        trainer.save_checkpoint(checkpoint_path)  # collective under DDP; rank 0 writes
-        if trainer.is_global_zero:
-            folder.mkdir(parents=True, exist_ok=True)
+        folder = self.output_folder(trainer)
+        # What trainer.save_checkpoint would write (collective under DDP: a sharded head is gathered), but
+        # written by rank 0 through the ledger instead of the strategy's checkpoint IO.
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+
+        def export() -> None:
+            atomic_write_with(folder.path / CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
             state_dict = backbone_state_dict(pl_module.backbone)
-            torch.save(state_dict, folder / BACKBONE_FILE)
-            save_backbone_checkpoint(folder / BACKBONE_CHECKPOINT_FILE, state_dict, pl_module.backbone_metadata())
-            rank_zero_info(f"ExportBackbone: wrote {BACKBONE_FILE}, {BACKBONE_CHECKPOINT_FILE} and {CHECKPOINT_FILE} to {folder}")
-        trainer.strategy.barrier("export_backbone")
+            atomic_write_with(folder.path / BACKBONE_FILE, lambda file: torch.save(state_dict, file))
+            save_backbone_checkpoint(folder.path / BACKBONE_CHECKPOINT_FILE, state_dict, pl_module.backbone_metadata())
+            rank_zero_info(f"ExportBackbone: wrote {BACKBONE_FILE}, {BACKBONE_CHECKPOINT_FILE} and {CHECKPOINT_FILE} to {folder.path}")
+
+        on_rank_zero_for_all(trainer, export)  # also the barrier: no rank returns before the files exist
+
+
+class EpochEndLastCheckpoint(L.Callback):
+    """Write the `last.ckpt` of every `ModelCheckpoint` with `save_last` at the end of every training epoch.
+
+    The end of fit is an epoch end too (a run stopped by `max_steps` in mid-epoch ends that epoch), and
+    this hook comes before `on_train_end`, so the checkpoint holds the training's own BN statistics, not
+    the recalibrated ones. Each distinct last path is written once (the configs point a step- and a
+    time-triggered ModelCheckpoint at the same file); the callbacks are told it is their last checkpoint,
+    so a later save of theirs replaces it instead of adding `last-v1.ckpt`. Their own step, time and
+    top-k saves are untouched. A checkpoint written here resumes at the start of the next epoch, or in
+    mid-epoch after a `max_steps` stop (`grafiqs.lit.fr_module.resume_between_batches`).
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        metrics = {**trainer.callback_metrics, "epoch": torch.tensor(trainer.current_epoch),
+                   "step": torch.tensor(trainer.global_step)}
+        written: set[str] = set()
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint) or not callback.save_last or callback.dirpath is None:
+                continue
+            path = callback.format_checkpoint_name(metrics, callback.CHECKPOINT_NAME_LAST)
+            if path not in written:
+                trainer.save_checkpoint(path, weights_only=callback.save_weights_only)  # collective under DDP
+                written.add(path)
+            callback.last_model_path = path

@@ -15,7 +15,10 @@ Resuming (`trainer.fit(..., ckpt_path=...)`): the LR schedule is rebuilt from th
 run's length, only its position comes from the checkpoint (`RunLengthLambdaLR`), so a
 resume with a larger `max_steps`/`max_epochs` follows the new horizon. Checkpoints record
 every logger's `version` (the W&B run id) under `checkpoint["grafiqs_run"]`, which
-`train_fr.py` uses to continue the same runs.
+`train_fr.py` uses to continue the same runs. A checkpoint written between two batches (at an
+epoch's end, or at the end of a run that `max_steps` stopped in mid-epoch) has its loop progress
+rewritten on loading (`resume_between_batches`): Lightning would otherwise count its epoch as
+unfinished or its batches as already served, and train an epoch short or skip one.
 
 arcface_torch parity switches (defaults keep this project's earlier behaviour; the GPU recipes
 in configs/train_fr set arcface_torch's values): `margin_grad` ("exact" | "straight_through"),
@@ -51,6 +54,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from lightning.pytorch.utilities import rank_zero_info
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 from torchmetrics import Metric
@@ -201,6 +205,72 @@ class RunLengthLambdaLR(torch.optim.lr_scheduler.LambdaLR):
         self._last_lr = [base * schedule(self.last_epoch) for base, schedule in zip(self.base_lrs, self.lr_lambdas)]
         for group, lr in zip(self.optimizer.param_groups, self._last_lr):
             group["lr"] = lr
+
+
+# --------------------------------------------------------------------------- resuming between batches
+
+
+def _zeroed(progress: dict) -> None:
+    """Set every counter of a Lightning progress state dict (nested ready/started/processed/completed) to 0."""
+    for key, value in progress.items():
+        if isinstance(value, dict):
+            _zeroed(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            progress[key] = 0
+
+
+def resume_between_batches(fit_loop: dict, accumulate_grad_batches: int = 1) -> str | None:
+    """Rewrite the saved progress of a fit loop stopped between two batches so that Lightning resumes it right.
+
+    A checkpoint written after an epoch's end hooks (`on_train_epoch_end`, `on_train_end`) says the epoch
+    was processed while its batch counters still stand at its last batch. Resumed with a `max_steps`
+    horizon, Lightning restarts "iteration based": it takes the saved batch counter as the position in the
+    next epoch while the loader starts that epoch at 0, so it trains a short epoch (or none) and the data
+    order of the epoch after. A run that `max_steps` stopped in mid-epoch is worse: its end hooks count the
+    unfinished epoch as done, so the resumed run skips the rest of it and the first part of the next.
+
+    Here such a state becomes one that Lightning resumes correctly under `max_steps`, `max_epochs` or both:
+    after a whole epoch, the start of the next epoch (its batch counters at 0, as a new epoch begins); in
+    mid-epoch, the state Lightning itself saves after that batch (`on_train_batch_end`), whose position the
+    resumable loader restores. Checkpoints saved inside a batch or before an epoch's end hooks are left as
+    they are. Returns where the run resumes, or None when nothing was changed.
+    """
+    epochs, batches = fit_loop.get("epoch_progress"), fit_loop.get("epoch_loop.batch_progress")
+    if not isinstance(epochs, dict) or not isinstance(batches, dict):
+        return None
+    try:
+        counts = batches["total"]
+        if not counts["ready"] == counts["started"] == counts["processed"] == counts["completed"]:
+            return None  # saved inside a batch: Lightning's own restart handles it
+        for progress in (epochs["total"], epochs["current"]):
+            if not 0 < progress["started"] == progress["ready"] == progress["processed"] >= progress["completed"]:
+                return None  # not after an epoch's end hooks
+        served = int(batches["current"]["completed"])
+        scheduler, loop_state = fit_loop["epoch_loop.scheduler_progress"]["current"], fit_loop["epoch_loop.state_dict"]
+        if batches.get("is_last_batch"):
+            for progress in (epochs["total"], epochs["current"]):
+                progress["processed"] = progress["completed"] = progress["started"]
+            _zeroed(batches["current"])
+            batches["is_last_batch"] = False
+            _zeroed(scheduler)
+            for progress in fit_loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).values():
+                _zeroed(progress["current"])
+            _zeroed(fit_loop.get("epoch_loop.manual_optimization.optim_step_progress", {}).get("current", {}))
+            _zeroed(fit_loop.get("epoch_loop.val_loop.batch_progress", {}))
+            if "epoch_loop.val_loop.batch_progress" in fit_loop:
+                fit_loop["epoch_loop.val_loop.batch_progress"]["is_last_batch"] = False
+            return f"at the start of epoch {epochs['current']['completed']}"
+        if served < 1:
+            return None
+        for progress in (epochs["total"], epochs["current"]):
+            progress["processed"] = progress["completed"] = progress["started"] - 1
+        batches["total"]["completed"] -= 1
+        batches["current"]["completed"] -= 1
+        if served % max(int(accumulate_grad_batches), 1) == 0:  # that batch stepped the optimizer
+            loop_state["_batches_that_stepped"] = int(loop_state["_batches_that_stepped"]) - 1
+        return f"in epoch {epochs['current']['completed']} after its batch {served}"
+    except (KeyError, TypeError, AttributeError):
+        return None  # a layout of another Lightning version: left to Lightning
 
 
 # --------------------------------------------------------------------------- gradient checkpointing
@@ -399,6 +469,11 @@ class FaceRecognitionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get(METADATA_KEY) or {}
         self.bn_recalibration = meta.get("bn_recalibration")
+        fit_loop = (checkpoint.get("loops") or {}).get("fit_loop")
+        if self._trainer is not None and isinstance(fit_loop, dict):  # a resume: the loops are restored after this hook
+            where = resume_between_batches(fit_loop, self.trainer.accumulate_grad_batches)
+            if where is not None:
+                rank_zero_info(f"Resuming {where}")
         if isinstance(self.head, PartialFCHead):  # the weight re-shards itself; its optimizer state is cut here
             index = self._head_state_index()
             for optimizer_state in checkpoint.get("optimizer_states", []):
