@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from grafiqs.errors import InputError
+from grafiqs.errors import InputError, ReadError
 from grafiqs.io.score_files import printable_path, score_lines
 
 
@@ -38,6 +38,8 @@ def read_external_scores(path: str | Path, orientation: str, names: Sequence[str
         raise InputError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
     try:
         entries = score_lines(path)
+    except ReadError as error:
+        raise InputError(f"cannot read score file {path}: {error.reason}") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise InputError(f"cannot read score file {path}: {error}") from None
     scores = dict(entries)
