@@ -485,7 +485,10 @@ def test_absurd_values_are_refused_before_anything_is_created(tmp_path, tiny_wei
     monkeypatch.chdir(tmp_path)
     from grafiqs.cli.score import main
 
-    code = main(["--image-path", str(faces), "--weights", str(tiny_weights), *option])
+    try:
+        code = main(["--image-path", str(faces), "--weights", str(tiny_weights), *option])
+    except SystemExit as stop:  # argparse's own one-line error
+        code = stop.code
     assert code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     assert os.listdir(tmp_path) == ["faces"]
 
