@@ -1,7 +1,9 @@
 import atexit
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -85,3 +87,18 @@ def tiny_weights(tmp_path_factory) -> Path:
 def assert_close_to_golden(actual: float, expected: float, what: str) -> None:
     relative = abs(actual - expected) / abs(expected)
     assert relative <= 1e-3, f"{what}: {actual} vs golden {expected} (relative {relative:.2e})"
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 20):
+    """Fail instead of hanging if a read blocks (a FIFO opened for reading waits for a writer)."""
+    def stop(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

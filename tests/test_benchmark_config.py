@@ -1,10 +1,8 @@
 """benchmark.py / ablate.py refuse bad input up front with one `error:` line and the documented exit code:
 every number of the config against its range, the --config file and every file it names as regular files,
 each set's genuine and impostor pairs when it is loaded (before any pass), and an unwritable report (exit 4)."""
-import contextlib
 import os
 import runpy
-import signal
 import sys
 from pathlib import Path
 
@@ -13,26 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import no_hang
 from grafiqs.data.verification import write_bin_pairs
 from grafiqs.errors import InputError, ReadError
-from grafiqs.experiments.benchmark import load_config, main, run_benchmark
+from grafiqs.experiments.benchmark import load_config, main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def no_hang(seconds: int = 20):
-    """Fail instead of hanging if a read blocks (a FIFO opened for reading waits for a writer)."""
-    def stop(signum, frame):
-        raise TimeoutError(f"blocked for {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def write_config(folder: Path, **changes) -> Path:

@@ -3,11 +3,9 @@
 Tiny in-process runs (tests/test_training_resume.py's `tiny_config`: 16 synthetic identities of one image
 each, batches of 2, so 8 steps per epoch and a batch's labels name its samples).
 """
-import contextlib
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +15,7 @@ import yaml
 
 import train_fr
 from grafiqs.lit.fr_module import resume_between_batches
+from conftest import no_hang
 from test_training_resume import tiny_config
 
 EXPORT = {"class_path": "grafiqs.lit.callbacks.ExportBackbone"}
@@ -71,21 +70,6 @@ def listing(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))}
 
 
-@contextlib.contextmanager
-def time_limit(seconds: int):
-    """Fail instead of hanging (a FIFO opened for reading blocks until someone writes)."""
-    def expire(signum, frame):
-        raise TimeoutError(f"blocked for {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 # --------------------------------------------------------------------------- the user's files are never replaced
 
 
@@ -95,7 +79,7 @@ def test_a_folder_holding_the_users_export_file_is_refused_before_anything_is_cr
     config = tiny_config(folder, devices=1, max_steps=2, every_n_train_steps=1, extra_callbacks=[EXPORT])
     (folder / name).write_bytes(b"the user's own weights")
     before = listing(folder)
-    with time_limit(60):
+    with no_hang(60):
         assert fit(config) == 2
     line = error_line(capsys)
     assert str(folder) in line and name in line and "not written by this program" in line
@@ -164,7 +148,7 @@ def test_an_unusable_ckpt_path_is_refused_in_one_line_naming_it(trained, tmp_pat
     folder = tmp_path / "resumed"
     config = tiny_config(folder, devices=1, max_steps=4, every_n_train_steps=1, extra_callbacks=[EXPORT])
     before = listing(folder)
-    with time_limit(60):
+    with no_hang(60):
         assert fit(config, "--ckpt_path", str(path), *options) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]  # Lightning's "Seed set to 0" may come first
     assert line.startswith("error: ") and str(path) in line and says in line, line
@@ -173,7 +157,7 @@ def test_an_unusable_ckpt_path_is_refused_in_one_line_naming_it(trained, tmp_pat
 
 def test_a_fifo_config_is_refused_instead_of_blocking(tmp_path, capsys):
     os.mkfifo(tmp_path / "config.yaml")
-    with time_limit(60):
+    with no_hang(60):
         assert train_fr.main(["fit", "--config", str(tmp_path / "config.yaml")]) == 2
     assert error_line(capsys) == f"error: cannot read --config file {tmp_path / 'config.yaml'}: not a regular file (a FIFO)"
 

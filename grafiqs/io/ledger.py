@@ -42,19 +42,33 @@ class OutputFolder:
         self.advice = advice or f"move them or choose another {what}"
         self.log_dir = self.path / LOG_FOLDER
         self.ledger = self.log_dir / LEDGER
+        self._parsed: tuple = ({}, 0, 0, None)  # entries, bytes and lines parsed so far, the ledger's (device, inode)
 
     # ------------------------------------------------------------------ what the ledger says
 
     def recorded(self) -> dict[str, set[tuple[str, int]]]:
-        """name -> the (sha256, size) contents written under it; raises InputError if the ledger is damaged."""
+        """name -> the (sha256, size) contents written under it; raises InputError if the ledger is damaged.
+
+        The ledger only grows, so each call parses just the whole lines appended since the last (every
+        ledgered write asks, and a folder of 100,000 crops must not be read 100,000 times)."""
         self._check_state_folder()
         try:
-            text = read_state(self.ledger)
+            handle = open_state(self.ledger, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
+            self._parsed = ({}, 0, 0, None)
             return {}
-        entries: dict[str, set[tuple[str, int]]] = {}
-        lines = text.split("\n")
-        for number, line in enumerate(lines, start=1):
+        with os.fdopen(handle, "rb") as file:
+            info = os.fstat(handle)
+            if not stat.S_ISREG(info.st_mode):
+                raise InputError(f"{self.ledger} is not a regular file; remove it (the program's state folder holds "
+                                 "only its own files)")
+            entries, offset, lines_read, inode = self._parsed
+            if inode != (info.st_dev, info.st_ino) or info.st_size < offset:  # replaced or shortened: from the start
+                entries, offset, lines_read = {}, 0, 0
+            file.seek(offset)
+            data = file.read()
+        whole = data[:data.rfind(b"\n") + 1]  # a last line without its newline is a killed run's, half appended
+        for number, line in enumerate(whole.decode("utf-8", "replace").split("\n")[:-1], start=lines_read + 1):
             if not line:
                 continue
             try:
@@ -64,14 +78,14 @@ class OutputFolder:
             except (ValueError, TypeError, KeyError):
                 valid = False
             if not valid:
-                if number == len(lines):  # the last line of a killed run, half appended: nothing was renamed after it
-                    continue
+                self._parsed = ({}, 0, 0, None)
                 raise self._damaged(f"line {number} is not a ledger entry")
             if entry.get("removed") is True:
                 entries.pop(name, None)
             else:
                 entries.setdefault(name, set()).add((sha256, size))
-        return entries
+        self._parsed = (entries, offset + len(whole), lines_read + whole.count(b"\n"), (info.st_dev, info.st_ino))
+        return {name: set(contents) for name, contents in entries.items()}
 
     def owns(self, name: str, recorded: dict | None = None) -> bool:
         """Whether the file `name` is still exactly a content this program wrote there."""
@@ -181,9 +195,14 @@ class OutputFolder:
 
     def _append(self, entry: dict) -> None:
         line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
-        handle = open_state(self.ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        handle = open_state(self.ledger, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         try:
-            os.write(handle, line)  # one write of one short line: appends of several processes never interleave
+            fcntl.flock(handle, fcntl.LOCK_EX)  # appends of several processes (DataLoader workers, ranks) one at a time
+            size = os.fstat(handle).st_size
+            tail = os.pread(handle, min(size, 2**16), max(size - 2**16, 0))  # longer than any entry
+            if tail and not tail.endswith(b"\n"):  # half a line of a write cut short (full disk): drop it first
+                os.ftruncate(handle, size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else size - len(tail))
+            os.write(handle, line)
             os.fsync(handle)
         finally:
             os.close(handle)

@@ -12,7 +12,6 @@ import errno
 import hashlib
 import os
 import stat
-from pathlib import Path
 from typing import BinaryIO
 
 from grafiqs.errors import ReadError
@@ -79,9 +78,3 @@ def file_digest(path: str | os.PathLike, what: str = "file") -> str:
         for block in iter(lambda: file.read(2**22), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def is_inside(path: str | Path, folder: str | Path) -> bool:
-    """Whether `path` is `folder` or lies under it (both resolved)."""
-    path, folder = Path(path).resolve(), Path(folder).resolve()
-    return path == folder or folder in path.parents

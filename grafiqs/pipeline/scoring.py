@@ -47,9 +47,9 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
     check_options(args, GROUPS)
     output = OutputFolder(args.output_dir or "outputs/scores", advice=DEMO_ADVICE if args.demo else None)
     outputs, stale = output_names(args), possible_outputs(args)
-    if is_primary_process():
-        output.check(outputs, stale)  # before anything is created, the demo's synthetic set included
     if args.demo:
+        if is_primary_process():
+            output.check(outputs, stale)  # before the synthetic set is drawn (claim checks again, for every run)
         prepare_demo(args, say)
     unlisted: list[tuple[str, str]] = []
     paths = list_images(args.image_path, parse_extensions(args.image_extension), args.recursive,
