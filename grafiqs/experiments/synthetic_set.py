@@ -21,7 +21,7 @@ import numpy as np
 from grafiqs.data.synthetic import DEGRADATIONS, write_demo_folder
 from grafiqs.errors import InputError, stop_on_signals
 from grafiqs.evaluation.report import PairSet
-from grafiqs.io.ledger import LOG_FOLDER, OutputFolder
+from grafiqs.io.ledger import LEDGER, LOG_FOLDER, OutputFolder
 
 MANIFEST = "manifest.csv"
 SPEC_FILE = "spec.json"
@@ -86,7 +86,9 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
             OutputFolder(drawing).adopt(os.listdir(drawing))
             if folder.is_dir():
                 drawn.remove(drawn.written())  # the previous set, each file checked against its recorded digest
-                shutil.rmtree(folder / LOG_FOLDER)
+                for state in (LEDGER, "lock"):  # the program's own state; anything else there makes rmdir fail
+                    (folder / LOG_FOLDER / state).unlink(missing_ok=True)
+                (folder / LOG_FOLDER).rmdir()
                 folder.rmdir()  # empty now; a file that appeared meanwhile makes this fail instead of being lost
             drawing.rename(folder)
     except BaseException:
