@@ -16,7 +16,13 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ["GRAFIQS_CACHE_DIR"] = tempfile.mkdtemp(prefix="grafiqs-test-cache-")
 atexit.register(shutil.rmtree, os.environ["GRAFIQS_CACHE_DIR"], ignore_errors=True)
 
+from grafiqs.allocator import retain_freed_memory  # noqa: E402
 from grafiqs.models.iresnet import IResNet  # noqa: E402
+
+# The allocator setting score.py, ablate.py and train_fr.py make first thing, made here for every test: otherwise
+# library-API tests ran 2-6x slower (iresnet50 at batch 1: page faults of fresh mappings) or not, depending on
+# whether an earlier test had run one of those programs in this process.
+retain_freed_memory()
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 GOLDEN_GROUPS = ("image", "block1", "block2", "block3", "block4")

@@ -303,9 +303,35 @@ def _small(folder: Path, world: dict, name: str, **changes) -> Path:
     return benchmark_config(folder, world, sets=["bin"], name=name, output_dir=str(folder / name), **changes)
 
 
-def _run_script(*arguments, **kwargs):
+# benchmark.py, whose second pass waits after its first logged batch (until a signal stops it) once it has
+# touched the file named by argv[1]: an interruption there does not depend on how fast the machine scores.
+PAUSED_BENCHMARK = """
+import runpy, sys, time
+from pathlib import Path
+from grafiqs.experiments import passes
+
+sys.argv = sys.argv[1:]  # [benchmark.py, the file to touch, its arguments]
+ready, writers, original = Path(sys.argv.pop(1)), [], passes.PassLogWriter.write_on_batch_end
+
+def write_on_batch_end(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    if self not in writers:
+        writers.append(self)
+    if len(writers) == 2:
+        ready.touch()
+        time.sleep(600)
+
+passes.PassLogWriter.write_on_batch_end = write_on_batch_end
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _run_script(*arguments, pause_in_second_pass: Path | None = None, **kwargs):
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "benchmark.py"), *arguments], cwd=ROOT, env=environment,
+    script = [str(ROOT / "benchmark.py")]
+    if pause_in_second_pass:
+        script = ["-c", PAUSED_BENCHMARK, str(ROOT / "benchmark.py"), str(pause_in_second_pass)]
+    return subprocess.Popen([sys.executable, *script, *arguments], cwd=ROOT, env=environment,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
@@ -332,16 +358,21 @@ def test_an_interrupted_benchmark_resumes_without_rescoring_finished_passes(form
     folder, world, _, _ = formats
     config = _small(folder, world, "interrupted", batch_size=1)
     cache = folder / "interrupted" / "cache"
-    process = _run_script("--config", str(config))
+    ready = folder / "interrupted-ready"
+    process = _run_script("--config", str(config), pause_in_second_pass=ready)
 
     def in_a_later_pass() -> bool:  # a pass is finished and the next one has logged a batch: work is left
         started = [log.parents[1] for log in cache.glob("*/*/*/.grafiqs/rank0.jsonl") if log.stat().st_size]
         return any((folder / "values.npz").exists() for folder in cache.glob("*/*/*")) and any(
             not (folder / "values.npz").exists() for folder in started)
 
-    deadline = time.monotonic() + 300
-    while not in_a_later_pass() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.01)
+    deadline = time.monotonic() + 600  # a guard only: the process waits there for the signal
+    while not ready.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    if not ready.exists():
+        process.kill()
+        pytest.fail(f"the benchmark never reached its second pass:\n{process.communicate()[0][-3000:]}")
+    assert in_a_later_pass()
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGINT, output

@@ -38,7 +38,8 @@ def test_scores_csv_has_every_group_and_quality_is_higher_for_smaller_magnitude(
     assert score(faces, tmp_path, tiny_weights, "--batch-size", 4) == 0
     rows = read_csv(tmp_path / "scores.csv")
     assert [Path(r["path"]).name for r in rows] == sorted(FACES)
-    assert set(rows[0]) == {"path", "image", "block1", "block2", "block3", "block4", "bns_loss", "quality", "resized", "status"}
+    assert set(rows[0]) == {"path", "image", "block1", "block2", "block3", "block4", "bns_loss", "quality", "quality_0_100",
+                            "resized", "status", "face_probability", "alignment_error"}
     by_magnitude = sorted(rows, key=lambda r: float(r["image"]))
     assert [float(r["quality"]) for r in by_magnitude] == sorted((float(r["quality"]) for r in rows), reverse=True)
     official = read_score_file(tmp_path / "GraFIQs_image.txt")

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from grafiqs.cli.readable import add_readable_options, print_readable
 from grafiqs.errors import GrafiqsError, ImageError, RunInterrupted, report_stop
 from grafiqs.pipeline.scoring import run_scoring
 
@@ -27,9 +28,13 @@ bundled demo model and prints how well each group's discard order helps verifica
 EPILOG = """\
 outputs in --output-dir:
   GraFIQs_image.txt, GraFIQs_block1.txt .. GraFIQs_block4.txt   <path> <raw magnitude>, sorted by path
-  scores.csv    path, every group's magnitude, bns_loss, quality (higher = better), resized, status;
+  scores.csv    path, every group's magnitude, bns_loss, quality (higher = better), quality_0_100 (the
+                calibrated 0-100 scalar, -1 = cannot assess), resized, status, face_probability and
+                alignment_error (the aligned-face check; status `not an aligned face?` when it fails);
                 with --align/--landmarks also x1 y1 .. x5 y5 (the landmarks used) and detection_confidence
   embeddings.npy  with --save-embeddings: float32 [N, D], rows in the order of scores.csv
+  GraFIQs_<group>_scalar.txt, ofiq.csv, contact_sheet.png, calibration.json   with --scalar-score-files,
+                --ofiq-csv, --contact-sheet, --calibrate
   errors.csv    every skipped file and why (names that cannot go into a score file, e.g. with a
                 line break or not UTF-8, are skipped too and shown escaped)
   .grafiqs/     per-batch result log: rerunning the same command resumes an interrupted run;
@@ -92,7 +97,8 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # Options that say what to score or where to write: with none of them, score.py runs the demo.
 SCORING_OPTIONS = ("image_path", "image_extension", "output_dir", "backbone", "weights", "path_replace",
                    "path_replace_with", "bgr2rgb", "recursive", "quality_group", "groups", "save_embeddings", "overwrite", "strict",
-                   "align", "landmarks", "select_face", "save_aligned")
+                   "align", "landmarks", "select_face", "save_aligned", "calibrate", "calibration",
+                   "scalar_score_files", "ofiq_csv", "no_face_check", "contact_sheet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="score.py", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     official = parser.add_argument_group("options of the official extract_grafiqs.py (same meaning)")
-    official.add_argument("--image-path", help="folder of aligned 112x112 face crops, or a single image file")
+    official.add_argument("--image-path", help="folder of aligned 112x112 face crops, or a single image file; or, read "
+                          "in place: a RecordIO set (the folder holding train.rec + train.idx, or the .rec), a folder "
+                          "of .rec shards, a .bin verification set (images named <file>#<record key or .bin position>, "
+                          "scores.csv gains the label column for RecordIO)")
     official.add_argument(
         "--image-extension", help="extension(s) to score, comma-separated, case-insensitive (default: jpg,jpeg,png,bmp,webp,tif,tiff)"
     )
@@ -183,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the image centre (default: largest)")
     photos.add_argument("--save-aligned", metavar="DIR",
                         help="also save the aligned crops actually scored, as PNG, under their relative paths")
+    add_readable_options(parser)
     return parser
 
 
@@ -289,4 +299,5 @@ def print_summary(summary: dict, args, output_dir: Path) -> None:
     elif args.precision == "32" and summary["bf16_units"] and not measured:
         print(f"note: this machine has {', '.join(summary['bf16_units'])}: --precision bf16 (an approximation, Spearman "
               ">= 0.9995 per group against float32) may be faster; one bf16 run measures it for this note")
+    print_readable(summary["readable"])
     print(f"wrote GraFIQs_<group>.txt, scores.csv and errors.csv to {output_dir}")

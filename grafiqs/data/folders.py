@@ -107,7 +107,7 @@ class ImageFileDataset(Dataset):
         if index is None:  # ShardSampler's placeholder for a process without images
             return {"index": None, "image": None, "error": None, "shape": None, "file": None}
         try:
-            data, identity, source = self.read(index)
+            data, identity, source, *extra = self.read(index)  # a container's read adds {"label": ...}
             image = decode_image(data, source=source)  # BGR, as cv2.imread
             alignment = {}
             if self.aligner is not None:
@@ -120,10 +120,11 @@ class ImageFileDataset(Dataset):
         if self.bgr2rgb:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return {"index": index, "image": to_model_tensor(image, self.size), "error": "", "shape": image.shape[:2],
-                "file": identity, **alignment}
+                "file": identity, **alignment, **(extra[0] if extra else {})}
 
     def read(self, index: int) -> tuple[bytes, list[int] | None, str]:
-        """(encoded bytes, file identity, the path the aligner and messages know it by) of item `index`."""
+        """(encoded bytes, file identity, the path the aligner and messages know it by) of item `index`; a
+        subclass may add a fourth element, a dict of values the item carries into its log record (a label)."""
         path = self.paths[index]
         problem = name_problem(path)
         if problem:
@@ -157,7 +158,8 @@ def collate_images(items: list[dict]) -> dict:
         "image": torch.stack([item["image"] for item in good]) if good else torch.empty(0, 3, 0, 0, dtype=torch.uint8),
         "resized": torch.tensor([tuple(item["shape"]) != tuple(item["image"].shape[1:]) for item in good], dtype=torch.bool),
         "file": [item["file"] for item in good],
-        "alignment": [{key: item[key] for key in ("landmarks", "confidence") if key in item} for item in good],
+        # what each image's log record carries besides its scores: the landmarks used, a container record's label
+        "alignment": [{key: item[key] for key in ("landmarks", "confidence", "label") if key in item} for item in good],
         "errors": [(item["index"], item["error"]) for item in items if item["error"]],
     }
 

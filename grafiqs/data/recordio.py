@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from grafiqs.data.decode import decode_image
 from grafiqs.errors import InputError, ReadError
-from grafiqs.io.reading import read_bytes
+from grafiqs.io.reading import open_regular, read_bytes
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -248,6 +248,15 @@ def _parse_index(idx_path: str, rec_size: int) -> tuple[np.ndarray, np.ndarray]:
     return keys, offsets
 
 
+def _open_rec(path: str):
+    """The .rec file opened through the one check of every read (a regular file, non-blocking: a FIFO or a device
+    named train.rec is refused at once instead of blocking)."""
+    try:
+        return open_regular(path, "RecordIO file", limit=None)
+    except ReadError as error:
+        raise RecordIOError(f"{path}: cannot be opened ({error.reason})") from None
+
+
 class RecordIOReader:
     """Records of a .rec file: random access by key through the .idx, or streaming in file order.
 
@@ -287,10 +296,7 @@ class RecordIOReader:
 
     def _handle(self):
         if self._file is None or self._pid != os.getpid():
-            try:
-                self._file = open(self.rec_path, "rb")
-            except OSError as error:
-                raise RecordIOError(f"{self.rec_path}: cannot be opened ({error.strerror or error})") from None
+            self._file = _open_rec(self.rec_path)
             self._pid = os.getpid()
         return self._file
 
@@ -331,6 +337,16 @@ class RecordIOReader:
         self._require_index()
         return self._sorted_keys
 
+    def sorted_offsets(self) -> np.ndarray:
+        """The offsets of `sorted_keys()`, in the same order (int64 array, no copy: do not modify)."""
+        self._require_index()
+        return self._sorted_offsets
+
+    @property
+    def size(self) -> int:
+        """Bytes of the .rec file when the reader was made."""
+        return self._size
+
     def _position(self, key: int) -> int | None:
         self._require_index()
         if not isinstance(key, (int, np.integer)) or not 0 <= key < 1 << 63:
@@ -370,10 +386,7 @@ class RecordIOReader:
 
     def scan(self) -> Iterator[tuple[int, bytes]]:
         """(offset, payload) of every record in file order; needs no index, uses its own handle."""
-        try:
-            handle = open(self.rec_path, "rb")
-        except OSError as error:
-            raise RecordIOError(f"{self.rec_path}: cannot be opened ({error.strerror or error})") from None
+        handle = _open_rec(self.rec_path)
         with handle:
             size = os.fstat(handle.fileno()).st_size
             position = 0
@@ -540,6 +553,37 @@ def read_property(path: str | os.PathLike) -> tuple[int, int, int]:
     return num_classes, height, width
 
 
+def image_keys_of(reader: RecordIOReader) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """(the image keys in increasing order, the header's (id_start, id_end) or None) of an indexed reader.
+
+    With a header record 0 (flag > 0) the images are the keys 1..id_start-1 (the rest are identity ranges); with
+    a plain record 0 (flag 0) or no key 0, every key of the index is an image.
+    """
+    keys = reader.sorted_keys()
+    if 0 not in reader:
+        return keys, None
+    source = f"{reader.rec_path} key 0"
+    header, _, _ = unpack_record(reader.read(0), source)
+    if header.flag == 0:
+        return keys, None
+    if header.flag < 2:
+        raise RecordIOError(f"{source}: header record has {header.flag} label, expected [id_start, id_end]")
+    id_start, id_end = header.label[0], header.label[1]
+    if not (math.isfinite(id_start) and math.isfinite(id_end) and 1 <= id_start <= id_end and id_start == int(id_start)):
+        raise RecordIOError(f"{source}: header record labels {list(header.label[:2])} are not a valid [id_start, id_end] range")
+    span = (int(id_start), int(id_end))
+    image_keys = keys[(keys >= 1) & (keys < span[0])]
+    # float32 labels are exact up to 2**24; above that the range can be off by rounding.
+    if len(image_keys) != span[0] - 1 and span[0] <= _FLOAT32_EXACT:
+        raise RecordIOError(
+            f"{reader.idx_path}: header record says images are keys 1..{span[0] - 1}, "
+            f"but the index has {len(image_keys)} of them; the index is incomplete or belongs to another .rec"
+        )
+    if len(image_keys) == 0:
+        raise RecordIOError(f"{reader.rec_path}: no image records (header id_start is {span[0]})")
+    return image_keys, span
+
+
 class RecordIODataset(Dataset):
     """Item i: (image i, its integer label) from `root/train.rec` + `root/train.idx`.
 
@@ -581,29 +625,8 @@ class RecordIODataset(Dataset):
             raise RecordIOError(f"{self.root}: the set has no classes (header {self.header})")
 
     def _image_keys(self) -> np.ndarray:
-        keys = self.reader.sorted_keys()
-        if 0 not in self.reader:
-            return keys
-        source = f"{self.reader.rec_path} key 0"
-        header, _, _ = unpack_record(self.reader.read(0), source)
-        if header.flag == 0:
-            return keys
-        if header.flag < 2:
-            raise RecordIOError(f"{source}: header record has {header.flag} label, expected [id_start, id_end]")
-        id_start, id_end = header.label[0], header.label[1]
-        if not (math.isfinite(id_start) and math.isfinite(id_end) and 1 <= id_start <= id_end and id_start == int(id_start)):
-            raise RecordIOError(f"{source}: header record labels {list(header.label[:2])} are not a valid [id_start, id_end] range")
-        self.header = (int(id_start), int(id_end))
-        image_keys = keys[(keys >= 1) & (keys < self.header[0])]
-        # float32 labels are exact up to 2**24; above that the range can be off by rounding.
-        if len(image_keys) != self.header[0] - 1 and self.header[0] <= _FLOAT32_EXACT:
-            raise RecordIOError(
-                f"{self.reader.idx_path}: header record says images are keys 1..{self.header[0] - 1}, "
-                f"but the index has {len(image_keys)} of them; the index is incomplete or belongs to another .rec"
-            )
-        if len(image_keys) == 0:
-            raise RecordIOError(f"{self.reader.rec_path}: no image records (header id_start is {self.header[0]})")
-        return image_keys
+        keys, self.header = image_keys_of(self.reader)
+        return keys
 
     def __len__(self) -> int:
         return len(self.image_keys)

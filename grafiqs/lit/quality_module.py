@@ -18,14 +18,16 @@ class GraFIQsModule(L.LightningModule):
     Lightning runs predict under `no_grad` (and under gloo DDP always), so the
     scorer enables gradients itself; under `inference_mode` nothing could.
     `compile_choice` (grafiqs.hardware.CompileChoice) picks eager or compiled stages per batch
-    and is told how long each batch took; without it the stages run eagerly.
+    and is told how long each batch took; without it the stages run eagerly. `face_check`
+    (grafiqs.faces.check.FaceCheck) adds each crop's face_probability and alignment_error.
     """
 
     def __init__(self, backbone: nn.Module, groups: tuple[str, ...] = GROUPS, precision: str = "32",
                  return_embeddings: bool = False, compile_choice: CompileChoice | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, face_check: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
+        self.face_check = face_check
         self.compile_choice = compile_choice
         compile = {"on": True, "off": False, "auto": "auto"}[compile_choice.mode] if compile_choice else False
         self.scorer = GraFIQsScorer(backbone, groups, precision=precision, channels_last=channels_last, compile=compile)
@@ -50,6 +52,8 @@ class GraFIQsModule(L.LightningModule):
             self.compile_choice.observe(compiled, len(batch["index"]), time.perf_counter() - started)
         if self.return_embeddings:  # the same forward's FR embedding, for same-model verification
             prediction["embedding"] = result.embedding.float().cpu()
+        if self.face_check is not None:  # is it an aligned face at all? O-Net on the crop as scored
+            prediction["face_probability"], prediction["alignment_error"] = self.face_check(batch["image"])
         return prediction
 
     def on_predict_end(self) -> None:

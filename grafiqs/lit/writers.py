@@ -98,6 +98,9 @@ class ResultLogWriter(BatchLogWriter):
                 record["status"] = STATUS_MESSAGES[int(prediction["status"][row])]
             if "embedding" in prediction:
                 record["embedding"] = encode_array(prediction["embedding"][row])
+            for reading in ("face_probability", "alignment_error"):  # the aligned-face check, when it ran
+                if reading in prediction:
+                    record[reading] = float(prediction[reading][row])
             records.append(record)
         return records + [{"path": self.paths[index], "run": self.run, "error": reason}
                           for index, reason in prediction["errors"]]

@@ -40,6 +40,7 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
     from grafiqs.lit.quality_module import GraFIQsModule
     from grafiqs.lit.writers import ResultLogWriter, log_records, read_result_logs
     from grafiqs.pipeline.predict import predict
+    from grafiqs.pipeline.readable import ReadableRun
     from grafiqs.quality.scorer import GROUPS
 
     started = time.perf_counter()
@@ -52,17 +53,20 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
             output.check(outputs, stale)  # before the synthetic set is drawn (claim checks again, for every run)
         prepare_demo(args, say)
     unlisted: list[tuple[str, str]] = []
-    paths = list_images(args.image_path, parse_extensions(args.image_extension), args.recursive,
-                        exclude=[p for p in (output.path, args.save_aligned) if p], unlisted=unlisted)
+    container = open_input_container(args)  # a RecordIO set, RecordIO shards or a .bin: scored in place
+    paths = container.names() if container is not None else list_images(
+        args.image_path, parse_extensions(args.image_extension), args.recursive,
+        exclude=[p for p in (output.path, args.save_aligned) if p], unlisted=unlisted)
     accelerator, devices = choose_devices(args, torch)
     backbone = load_backbone_for(args)
     aligner = make_aligner(args) if aligning(args) else None
+    readable = ReadableRun(args, paths)  # the calibration (checked) and the aligned-face check
     settings = run_settings(args, backbone)
     run_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     if is_primary_process():  # DDP worker processes re-run this script: one process owns the folder
         output.claim(outputs, stale)
         start_or_resume(output, stale, settings, args.overwrite)
-    current = {p: identity_of(p) for p in paths}
+    current = container.identities() if container is not None else {p: identity_of(p) for p in paths}
     done = read_result_logs(output.path, run_id, current, args.groups, with_embedding=args.save_embeddings)
     todo = [p for p in paths if "scores" not in done.get(p, {})]
     if len(todo) < len(paths):
@@ -76,10 +80,12 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
             choice = compile_choice(args, torch, backbone, accelerator, -(-len(todo) // trainer.world_size),
                                     trainer.is_global_zero)
             return GraFIQsModule(backbone, groups=args.groups, precision=args.precision,
-                                 return_embeddings=args.save_embeddings, compile_choice=choice)
+                                 return_embeddings=args.save_embeddings, compile_choice=choice,
+                                 face_check=readable.face_check)
 
         try:
-            trainer = predict(ImageFileDataset(todo, bgr2rgb=args.bgr2rgb, aligner=aligner, save_aligned=crops),
+            images = container.dataset if container is not None else ImageFileDataset
+            trainer = predict(images(todo, bgr2rgb=args.bgr2rgb, aligner=aligner, save_aligned=crops),
                               ResultLogWriter(output.path, todo, run_id, strict=args.strict), make_module,
                               accelerator=accelerator, devices=devices, num_nodes=args.num_nodes,
                               batch_size=args.batch_size, num_workers=args.num_workers)
@@ -94,8 +100,12 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
         module = trainer.lightning_module
     records = read_result_logs(output.path, run_id, current, args.groups, with_embedding=args.save_embeddings)
     scored = [p for p in paths if "scores" in records.get(p, {})]
+    readable.fit(output.path, scored, records)  # --calibrate REFERENCE_FOLDER: the mapping of this run's scores
     labels = demo_labels(Path(args.image_path), scored) if args.demo else None
-    summary = write_final_files(output.path, paths, scored, records, args, labels, unlisted)
+    summary = write_final_files(output.path, paths, scored, records, args, labels, unlisted,
+                                record_labels=container is not None and container.has_labels, readable=readable)
+    readable.write_contact_sheet(output.path, scored, records, backbone, lambda chosen: (  # --contact-sheet
+        container.dataset if container is not None else ImageFileDataset)(chosen, bgr2rgb=args.bgr2rgb, aligner=aligner))
     output.remove(stale - outputs)  # e.g. an embeddings.npy of an earlier run with --save-embeddings
     summary.update(seconds=time.perf_counter() - started, bf16_units=bf16_units(torch), records=records,
                    labels=labels, output_dir=output.path,
@@ -158,7 +168,9 @@ def check_options(args, groups) -> None:
     """Refuse option values that cannot work, before anything is created."""
     from grafiqs.io.score_files import name_problem
     from grafiqs.models.iresnet import ARCHITECTURES
+    from grafiqs.pipeline.readable import check_readable_options
 
+    check_readable_options(args)  # --calibrate REFERENCE_FOLDER becomes the input
     if args.demo:
         args.output_dir, args.save_embeddings = "outputs/demo", True
     else:
@@ -232,8 +244,11 @@ def plan_crops(args, paths: list[str]) -> dict[str, Path]:
 
 def output_names(args) -> set[str]:
     """The files this run writes into --output-dir."""
+    from grafiqs.pipeline.readable import readable_outputs
+
     names = {f"GraFIQs_{group}.txt" for group in args.groups} | {"scores.csv", "errors.csv"}
     names |= {"embeddings.npy"} if args.save_embeddings else set()
+    names |= readable_outputs(args)  # --scalar-score-files, --ofiq-csv, --calibrate
     return names | ({"edc.png", "demo_table.csv", "demo_table.md"} if args.demo else set())
 
 
@@ -242,7 +257,8 @@ def possible_outputs(args) -> set[str]:
     write are removed at its end (while still exactly as written), never other files of the program (crops)."""
     from grafiqs.quality.scorer import GROUPS
 
-    return output_names(argparse.Namespace(groups=GROUPS, save_embeddings=True, demo=True))
+    return output_names(argparse.Namespace(groups=GROUPS, save_embeddings=True, demo=True, scalar_score_files=True,
+                                           ofiq_csv=True, calibrate="reference", contact_sheet=True))
 
 
 def identity_of(path: str) -> list[int] | None:
@@ -340,8 +356,9 @@ def choose_devices(args, torch) -> tuple[str, int | str | list[int]]:
 
 
 def write_final_files(output_dir: Path, paths: list[str], scored: list[str], records: dict[str, dict], args,
-                      labels=None, unlisted=()) -> dict:
-    """Score files, scores.csv (plus identity/role/degradation/severity with `labels`), errors.csv, embeddings.npy."""
+                      labels=None, unlisted=(), record_labels: bool = False, *, readable) -> dict:
+    """Score files, scores.csv (plus identity/role/degradation/severity with `labels`), errors.csv, embeddings.npy;
+    `readable` (grafiqs.pipeline.readable.ReadableRun) adds quality_0_100, the face check and its own files."""
     import numpy as np
 
     from grafiqs.io.score_files import (atomic_write_npy, printable_path, quality_from_magnitude, replace_prefix,
@@ -354,21 +371,26 @@ def write_final_files(output_dir: Path, paths: list[str], scored: list[str], rec
     for group in args.groups:
         write_score_file(output_dir / f"GraFIQs_{group}.txt", ((shown[p], records[p]["scores"][group]) for p in scored))
     label_columns = ["identity", "role", "degradation", "severity"] if labels is not None else []
+    record_label_columns = ["label"] if record_labels else []  # a RecordIO record's identity label
     landmark_columns = LANDMARK_COLUMNS if aligning(args) else []
     write_csv(
         output_dir / "scores.csv",
-        ["path", *args.groups, "bns_loss", "quality", "resized", "status", *landmark_columns, *label_columns],
+        ["path", *args.groups, "bns_loss", "quality", "quality_0_100", "resized", "status", "face_probability",
+         "alignment_error", *landmark_columns, *label_columns, *record_label_columns],
         (
             [shown[p], *(records[p]["scores"][g] for g in args.groups), records[p]["bns_loss"],
-             quality_from_magnitude(records[p]["scores"][args.quality_group]), int(records[p].get("resized", False)),
-             records[p].get("status", "ok"),
+             quality_from_magnitude(records[p]["scores"][args.quality_group]),
+             readable.scalar(records[p], args.quality_group), int(records[p].get("resized", False)),
+             readable.status(records[p]), *readable.face(records[p]),
              *([*records[p].get("landmarks", [math.nan] * 10), records[p].get("confidence", math.nan)]
                if landmark_columns else []),
-             *(labels.rows[Path(p).name][c] for c in label_columns)]
+             *(labels.rows[Path(p).name][c] for c in label_columns),
+             *(records[p].get("label", "") for _ in record_label_columns)]
             for p in scored
         ),
     )
     write_csv(output_dir / "errors.csv", ["path", "reason"], failed)
+    readable.write_files(output_dir, scored, shown, records)  # --scalar-score-files, --ofiq-csv
     embeddings = np.stack([decode_embedding(records[p]) for p in scored]) if args.save_embeddings and scored else None
     if embeddings is not None:
         atomic_write_npy(output_dir / "embeddings.npy", embeddings)
@@ -380,4 +402,20 @@ def write_final_files(output_dir: Path, paths: list[str], scored: list[str], rec
         "not_finite": [(p, records[p]["status"]) for p in scored if "status" in records[p]],
         "magnitudes": [records[p]["scores"][args.quality_group] for p in scored if "status" not in records[p]],
         "embeddings": embeddings,  # rows of the scored paths, with --save-embeddings
+        "readable": readable,  # calibration, face-check flags and notes, for the summary
     }
+
+
+def open_input_container(args):
+    """The container --image-path names (grafiqs.data.containers: a RecordIO set, a folder of RecordIO shards, a
+    .bin), checked before anything is created; None for a folder of images or an image file."""
+    from grafiqs.data.containers import open_container
+
+    container = open_container(args.image_path)
+    if container is not None:
+        given = [option for option, value in (("--recursive", args.recursive), ("--image-extension", args.image_extension))
+                 if value]
+        if given:
+            raise InputError(f"{' and '.join(given)} select image files in folders; {args.image_path} is a "
+                             f"{container.kind} container whose every image record is scored: leave them out")
+    return container
