@@ -11,6 +11,14 @@ default allocator and again under score.py's (grafiqs/allocator.py), of the batc
 difference (exact mode) or the Spearman rank correlation per group (bf16), peak RSS, start-up
 time, and with --e2e the marginal seconds per image of whole `score.py` processes (start-up
 cancelled by taking two image counts). --record appends a row to benchmarks/RESULTS.md.
+
+    python benchmarks/bench_scorer.py --suite --record
+
+--suite measures, in one process against one loop and one pair of ceilings, the modes a user chooses between:
+float32 with every group (score.py's default), float32 `--groups block4`, and `--precision bf16` with every group
+where the CPU has bf16 units (AMX or AVX512-BF16; elsewhere bf16 is a slow fallback, not a speed mode), each as
+img/s, ratio to the loop and fraction of its precision's ceiling (GFLOP counted on that mode's own call: the
+block4 backward stops at layer4), one table row per mode (`SUITE_SECTION`).
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
 GROUPS = ("image", "block1", "block2", "block3", "block4")
 SECTION = "Scorer throughput against the machine's GEMM ceilings (`benchmarks/bench_scorer.py`)"
+SUITE_SECTION = "Every scoring mode against this machine's ceilings (`benchmarks/bench_scorer.py --suite`)"
 
 
 def build_model(arch: str):
@@ -66,6 +75,73 @@ def gflop_per_image(model, image) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(image)
     return 2 * counter.get_total_flops() / 1e9
+
+
+def mode_gflop(model, image, groups) -> float:
+    """GFLOP of one image's score with these groups: the forward (torch's flop count) plus the backward to the
+    earliest group, which repeats each convolution between it and the last BN input once (no weight gradients;
+    the embedding's fc lies after every BN input and is not differentiated)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(function, x):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            out = function(x)
+        return counter.get_total_flops(), out
+
+    total, _ = flops(model, image)
+    stem, x = flops(lambda x: model.prelu(model.bn1(model.conv1(x))), image)
+    stages = []
+    for stage in model.stages():
+        count, x = flops(stage, x)
+        stages.append(count)
+    earliest = min(0 if g == "image" else int(g.removeprefix("block")) for g in groups)
+    return (total + (stem if earliest == 0 else 0) + sum(stages[earliest:])) / 1e9
+
+
+def timed_scores(scorer, images, batch_size: int) -> tuple[dict[str, list[float]], float]:
+    """(group -> scores of every image, seconds per image) of batched scoring after one warm-up batch."""
+    scorer(images[:batch_size])
+    started, scores = time.perf_counter(), {}
+    for first in range(0, len(images), batch_size):
+        for group, values in scorer(images[first:first + batch_size]).scores.items():
+            scores.setdefault(group, []).extend(values.tolist())
+    return scores, (time.perf_counter() - started) / len(images)
+
+
+def suite(args, model, images, reference, reference_seconds) -> None:
+    """--suite: every mode of MODES this CPU can run fast, against the same loop and ceilings."""
+    import numpy as np
+
+    from grafiqs.evaluation.report import spearman
+    from grafiqs.hardware import bf16_units
+    from grafiqs.quality.scorer import GraFIQsScorer
+
+    import torch
+
+    ceilings = gemm_ceilings()
+    units = bf16_units(torch)
+    modes = [("32", GROUPS), ("32", ("block4",))] + ([("bf16", GROUPS)] if units else [])
+    unique = len({tuple(r.values()) for r in reference})  # Spearman on the distinct crops only
+    for precision, groups in modes:
+        scorer = GraFIQsScorer(model, groups=groups, precision=precision)
+        scores, seconds = timed_scores(scorer, images, args.batch_size)
+        gflop = mode_gflop(model, images[:1], groups)
+        ceiling = ceilings["bf16" if precision == "bf16" else "fp32"]
+        if precision == "32":
+            fidelity = f"worst rel. diff {max(abs(scores[g][i] - reference[i][g]) / abs(reference[i][g]) for g in groups for i in range(len(images))):.1e}"
+        else:
+            fidelity = "min Spearman " + f"{min(spearman(np.array(scores[g][:unique]), np.array([r[g] for r in reference[:unique]])) for g in groups):.4f}"
+        row = {
+            "date": datetime.date.today().isoformat(), "arch": args.arch,
+            "mode": f"{'bf16' if precision == 'bf16' else 'fp32'}, {'all groups' if groups == GROUPS else '--groups ' + ','.join(groups)}, bs {args.batch_size}",
+            "loop img/s": f"{1 / reference_seconds:.2f}", "img/s": f"{1 / seconds:.2f}",
+            "ratio to loop": f"{reference_seconds / seconds:.2f}x", "GFLOP/image": f"{gflop:.1f}",
+            "GEMM GFLOP/s fp32 / bf16": f"{ceilings['fp32']:.1f} / {ceilings['bf16']:.1f}",
+            "of its ceiling": f"{gflop / seconds / ceiling:.0%}", "fidelity": fidelity,
+            "bf16 units": ", ".join(units) or "none",
+        }
+        report(SUITE_SECTION, row, args.record, "bench_scorer.py", sys.argv[1:])
 
 
 def marginal_seconds_per_image(arch_weights: Path, arch: str, args) -> float:
@@ -108,6 +184,9 @@ def main() -> None:
                         help="leave glibc's allocator as it is (score.py retains freed memory; see grafiqs/allocator.py)")
     parser.add_argument("--e2e", action="store_true", help="also time whole score.py processes")
     parser.add_argument("--e2e-repeats", type=int, default=2, help="processes per image count; the fastest counts")
+    parser.add_argument("--suite", action="store_true",
+                        help="every scoring mode in one run (float32 all groups and block4, bf16 where the CPU has bf16 "
+                        "units) against one loop and one pair of ceilings")
     parser.add_argument("--record", action="store_true", help="append the result to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
@@ -135,6 +214,9 @@ def main() -> None:
     # then again under the allocator setting score.py uses (retain_freed_memory), the same
     # setting for both sides of the in-process ratio.
     reference, reference_seconds = reference_seconds_per_image()
+    if args.suite:
+        retain_freed_memory()  # score.py's allocator setting for every mode
+        return suite(args, model, images, reference, reference_seconds)
     gflop = gflop_per_image(model, images[:1])
     ceilings = gemm_ceilings()
     retained_reference_seconds = None
