@@ -112,12 +112,11 @@ def timed_scores(scorer, images, batch_size: int) -> tuple[dict[str, list[float]
 def suite(args, model, images, reference, reference_seconds) -> None:
     """--suite: every mode of MODES this CPU can run fast, against the same loop and ceilings."""
     import numpy as np
+    import torch
 
     from grafiqs.evaluation.report import spearman
     from grafiqs.hardware import bf16_units
     from grafiqs.quality.scorer import GraFIQsScorer
-
-    import torch
 
     ceilings = gemm_ceilings()
     units = bf16_units(torch)
