@@ -1,5 +1,6 @@
 """score.py and the ablation runner tried as a careful and as a hostile user would: nothing of the user's is
 lost, nothing hangs, results of different weights, settings or files never mix, bad options fail at once."""
+import errno
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from PIL import Image
 
 from conftest import FACES, GOLDEN, tiny_iresnet
 from grafiqs.data.decode import decode_image
+from grafiqs.io.atomic import atomic_write_bytes
 from grafiqs.io.ledger import LOG_FOLDER, OutputFolder
 from grafiqs.io.score_files import name_problem, printable_path, read_score_file, write_score_file
 from grafiqs.errors import InputError
@@ -502,7 +504,8 @@ def test_a_jpeg_with_corrupt_scan_data_is_named_not_scored(tmp_path, tiny_weight
     assert [Path(r["path"]).name for r in errors] == ["damaged.jpg"] and "corrupt JPEG data" in errors[0]["reason"]
 
 
-def test_a_crop_that_cannot_be_saved_skips_its_image_and_the_others_are_scored(tmp_path, tiny_weights, faces):
+def test_a_crop_that_cannot_be_saved_skips_its_image_and_the_others_are_scored(tmp_path, tiny_weights, faces,
+                                                                               monkeypatch):
     long_name = "x" * 251 + ".jpg"  # 255 bytes: the crop's name, long_name + ".png", is too long for the file system
     (faces / long_name).write_bytes(cv2.imencode(".jpg", cv2.imread(str(faces / "clean.png")))[1].tobytes())
     landmarks = tmp_path / "points.csv"
@@ -512,3 +515,17 @@ def test_a_crop_that_cannot_be_saved_skips_its_image_and_the_others_are_scored(t
     errors = read_csv(tmp_path / "out" / "errors.csv")
     assert len(errors) == 1 and "aligned crop cannot be saved" in errors[0]["reason"]
     assert len(read_csv(tmp_path / "out" / "scores.csv")) == len(FACES)
+
+    from grafiqs.data import folders
+
+    def disk_full_at_clean(path, data):  # the disk fills up when the crop of clean.png is written
+        if "clean" in Path(path).name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return atomic_write_bytes(path, data)
+
+    monkeypatch.setattr(folders, "atomic_write_bytes", disk_full_at_clean)
+    assert score(faces, tmp_path / "full", tiny_weights, "--landmarks", landmarks, "--save-aligned",
+                 tmp_path / "crops_full") == 0
+    errors = {Path(r["path"]).name: r["reason"] for r in read_csv(tmp_path / "full" / "errors.csv")}
+    assert "No space left on device" in errors["clean.png"] and len(errors) == 2
+    assert len(read_csv(tmp_path / "full" / "scores.csv")) == len(FACES) - 1
