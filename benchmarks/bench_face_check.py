@@ -29,8 +29,8 @@ def face_sets(identities: int) -> dict[str, list]:
     import numpy as np
     from skimage import data
 
-    from grafiqs.data.align import FaceAligner
     from grafiqs.data.synthetic import render
+    from grafiqs.faces.align import FaceAligner
 
     golden = sorted((ROOT / "tests" / "data" / "golden" / "images").glob("*.png"))
     astronaut = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)

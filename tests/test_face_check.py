@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import GOLDEN
-from grafiqs.data.align import FaceAligner
+from grafiqs.faces.align import FaceAligner
 from grafiqs.data.decode import to_model_tensor
 from grafiqs.data.synthetic import render
 from grafiqs.errors import InputError

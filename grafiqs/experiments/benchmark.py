@@ -441,7 +441,7 @@ def landmark_file(spec: SetConfig) -> str:
 
 
 def _ijbc_set(spec: SetConfig) -> EvaluationSet:
-    from grafiqs.data.align import FaceAligner, read_landmarks_file
+    from grafiqs.faces.align import FaceAligner, read_landmarks_file
     from grafiqs.data.ijbc import TemplatePairSet, ijbc_images, load_ijbc_protocol
     from grafiqs.io.reading import file_digest
     from grafiqs.data.verification import VerificationSet

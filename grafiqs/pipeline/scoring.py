@@ -203,7 +203,7 @@ def aligning(args) -> bool:
 
 def make_aligner(args):
     """The FaceAligner of the options; the landmark file is read and checked here, before anything is created."""
-    from grafiqs.data.align import FaceAligner, read_landmarks_file
+    from grafiqs.faces.align import FaceAligner, read_landmarks_file
 
     landmarks = read_landmarks_file(args.landmarks) if args.landmarks else None
     return FaceAligner(landmarks, select=args.select_face, detect=args.align)
