@@ -20,7 +20,7 @@ from grafiqs.data.decode import decode_image
 from grafiqs.io.ledger import LOG_FOLDER, OutputFolder
 from grafiqs.io.score_files import name_problem, printable_path, read_score_file, write_score_file
 from grafiqs.errors import InputError
-from grafiqs.experiments.synthetic_set import SyntheticSetSpec, prepare_synthetic_set
+from grafiqs.synthetic.drawn_set import SyntheticSetSpec, prepare_synthetic_set
 from test_score_cli import read_csv, score
 
 ROOT = Path(__file__).parents[1]
