@@ -49,7 +49,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from grafiqs.data.decode import read_image, to_model_tensor
 from grafiqs.data.folders import parse_extensions
 from grafiqs.data.recordio import RecordIODataset
-from grafiqs.synthetic import DEGRADATIONS, SyntheticFaces, make_verification_probes, verification_pairs
 from grafiqs.data.verification import (
     VerificationImages,
     VerificationSet,
@@ -58,6 +57,12 @@ from grafiqs.data.verification import (
     load_pair_list,
 )
 from grafiqs.errors import InputError
+from grafiqs.synthetic import (
+    DEGRADATIONS,
+    SyntheticFaces,
+    make_verification_probes,
+    verification_pairs,
+)
 
 COLOUR_ORDERS = ("bgr", "rgb")
 
