@@ -45,12 +45,12 @@ from jsonargparse import ActionConfigFile  # noqa: E402
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback  # noqa: E402
 
 from grafiqs.allocator import retain_freed_memory  # noqa: E402
-from grafiqs.data.datamodules import FaceDataModule  # noqa: E402
 from grafiqs.errors import GrafiqsError, InputError  # noqa: E402
 from grafiqs.io.atomic import atomic_write_text  # noqa: E402
 from grafiqs.io.ledger import OutputFolder  # noqa: E402
 from grafiqs.io.reading import TEXT_FILE_LIMIT, open_regular  # noqa: E402
 from grafiqs.lit.callbacks import EpochEndLastCheckpoint, on_rank_zero_for_all  # noqa: E402
+from grafiqs.lit.datamodules import FaceDataModule  # noqa: E402
 from grafiqs.lit.fr_module import RUN_KEY, FaceRecognitionModule  # noqa: E402
 from grafiqs.models.iresnet import ARCHITECTURES, DEFAULT_WIDTHS  # noqa: E402
 from grafiqs.models.loading import METADATA_KEY, describe_architecture  # noqa: E402

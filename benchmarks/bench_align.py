@@ -51,7 +51,7 @@ def images_per_second(function, image, count: int) -> float:
 def landmarks_file_seconds(lines: int) -> float:
     import numpy as np
 
-    from grafiqs.data.align import read_landmarks_file
+    from grafiqs.faces.align import read_landmarks_file
 
     points = np.random.default_rng(0).uniform(20, 100, (lines, 10))
     with tempfile.TemporaryDirectory() as folder:
@@ -74,7 +74,7 @@ def main() -> None:
 
     import torch
 
-    from grafiqs.data.align import FaceAligner, align_face
+    from grafiqs.faces.align import FaceAligner, align_face
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -22,7 +22,7 @@ def synthetic_faces(count: int):
     import torch
 
     from grafiqs.data.decode import normalize, to_model_tensor
-    from grafiqs.data.synthetic import DEGRADATIONS, degrade, render
+    from grafiqs.synthetic import DEGRADATIONS, degrade, render
 
     faces = []
     for i in range(count):

@@ -29,8 +29,8 @@ def face_sets(identities: int) -> dict[str, list]:
     import numpy as np
     from skimage import data
 
-    from grafiqs.data.align import FaceAligner
-    from grafiqs.data.synthetic import render
+    from grafiqs.faces.align import FaceAligner
+    from grafiqs.synthetic import render
 
     golden = sorted((ROOT / "tests" / "data" / "golden" / "images").glob("*.png"))
     astronaut = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
@@ -52,7 +52,7 @@ def face_sets(identities: int) -> dict[str, list]:
 
 
 def degraded_sets(identities: int) -> dict[str, list]:
-    from grafiqs.data.synthetic import DEGRADATIONS, degrade, render
+    from grafiqs.synthetic import DEGRADATIONS, degrade, render
 
     faces = [render(1, 2_100_000 + i, 0) for i in range(identities)]
     return {f"synthetic, {kind} severity {severity}": [degrade(face, kind, severity, seed=i) for i, face in enumerate(faces)]

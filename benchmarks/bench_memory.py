@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_folder(folder: Path, count: int) -> None:
     import cv2
 
-    from grafiqs.data.synthetic import render
+    from grafiqs.synthetic import render
 
     folder.mkdir(parents=True, exist_ok=True)
     seeds = [cv2.imencode(".png", render(0, 7_000_000 + i, 0))[1].tobytes() for i in range(16)]

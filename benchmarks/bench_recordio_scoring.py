@@ -35,7 +35,7 @@ def faces(count: int) -> list[tuple[bytes, int]]:
     """`count` (JPEG bytes, label) samples: 16 rendered faces repeated, 8 images per label."""
     import cv2
 
-    from grafiqs.data.synthetic import render
+    from grafiqs.synthetic import render
 
     seeds = [cv2.imencode(".jpg", render(0, 7_000_000 + i, 0), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
              for i in range(16)]

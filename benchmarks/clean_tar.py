@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from grafiqs.data.decode import normalize, to_model_tensor
-from grafiqs.data.synthetic import make_verification_probes, verification_pairs
 from grafiqs.lit.fr_module import kfold_accuracy, tar_at_fmr
 from grafiqs.models.loading import load_backbone_and_metadata
+from grafiqs.synthetic import make_verification_probes, verification_pairs
 
 
 @torch.no_grad()

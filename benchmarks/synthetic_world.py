@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from grafiqs.evaluation.edc import threshold_at_fmr
-from grafiqs.experiments.synthetic_set import read_labels
+from grafiqs.synthetic.drawn_set import read_labels
 
 
 SHOWN = ("SER-FIQ", "FaceQAN", "embedding norm (MagFace)", "GraFIQs image", "GraFIQs block4", "GraFIQs BNS loss")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from grafiqs.data.align import (
+from grafiqs.faces.align import (
     ARCFACE_TEMPLATE,
     FaceAligner,
     align_face,
@@ -22,7 +22,7 @@ from grafiqs.data.align import (
     read_landmarks_file,
     similarity_transform,
 )
-from grafiqs.data.mtcnn import weights_folder
+from grafiqs.faces.detect import weights_folder
 from grafiqs.errors import ImageError, InputError
 
 def mtcnn_weights_installed() -> bool:
@@ -223,13 +223,13 @@ def test_aligner_detects_sources_without_file_landmarks_and_selects_by_rule(monk
     """The aligner's wiring, with detection stubbed: two faces, the larger one far from the centre."""
     small, large = np.array(ASTRONAUT_LANDMARKS), np.array(ASTRONAUT_LANDMARKS) * 1.5 - [300, 150]
     faces = [(np.array([200.0, 80, 260, 160]), 0.9, small), (np.array([0.0, 0, 150, 150]), 0.8, large)]
-    monkeypatch.setattr("grafiqs.data.align.detect_faces", lambda image, device: faces)
+    monkeypatch.setattr("grafiqs.faces.align.detect_faces", lambda image, device: faces)
     file_landmarks = {"other.jpg": np.zeros((5, 2))}
     for select, landmarks, confidence in (("largest", large, 0.8), ("center", small, 0.9)):
         crop, used, score = FaceAligner(file_landmarks, select=select)(astronaut, "astronaut.png")
         assert np.array_equal(used, landmarks) and score == confidence
         assert np.array_equal(crop, align_face(astronaut, landmarks))
-    monkeypatch.setattr("grafiqs.data.align.detect_faces", lambda image, device: [])
+    monkeypatch.setattr("grafiqs.faces.align.detect_faces", lambda image, device: [])
     with pytest.raises(ImageError, match=r"^astronaut\.png: no face found"):
         FaceAligner()(astronaut, "astronaut.png")
 

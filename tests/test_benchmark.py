@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from conftest import tiny_iresnet
-from grafiqs.data.align import ARCFACE_TEMPLATE
+from grafiqs.faces.align import ARCFACE_TEMPLATE
 from grafiqs.data.ijbc import synthetic_ijbc
 from grafiqs.data.verification import write_bin_pairs
 from grafiqs.errors import InputError
@@ -269,7 +269,7 @@ def test_ijbc_template_numbers_equal_the_protocol_written_out_here(formats, mode
 
 def test_ijbc_images_are_aligned_from_the_landmark_file_and_scored_as_score_py_would(formats):
     folder, world, config, result = formats
-    from grafiqs.data.align import align_face, read_landmarks_file
+    from grafiqs.faces.align import align_face, read_landmarks_file
 
     landmarks = read_landmarks_file(Path(world["ijbc"]["meta"]) / "ijbc_name_5pts_score.txt")
     names = ["1.jpg", "2.jpg", "3.jpg"]

@@ -22,7 +22,7 @@ from grafiqs.io.atomic import atomic_write_bytes
 from grafiqs.io.ledger import LOG_FOLDER, OutputFolder
 from grafiqs.io.score_files import name_problem, printable_path, read_score_file, write_score_file
 from grafiqs.errors import InputError
-from grafiqs.experiments.synthetic_set import SyntheticSetSpec, prepare_synthetic_set
+from grafiqs.synthetic.drawn_set import SyntheticSetSpec, prepare_synthetic_set
 from test_score_cli import read_csv, score
 
 ROOT = Path(__file__).parents[1]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import GOLDEN
-from grafiqs.data.align import FaceAligner
+from grafiqs.faces.align import FaceAligner
 from grafiqs.data.decode import to_model_tensor
-from grafiqs.data.synthetic import render
+from grafiqs.synthetic import render
 from grafiqs.errors import InputError
 from grafiqs.faces import check as face_check
 from grafiqs.faces.check import NOT_ALIGNED, FaceCheck, is_flagged

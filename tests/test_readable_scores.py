@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from grafiqs.cli.score import main
-from grafiqs.data.synthetic import render
+from grafiqs.synthetic import render
 from grafiqs.errors import InputError
 from grafiqs.evaluation.edc import edc, pair_quality
 from grafiqs.experiments.demo import DEMO_WEIGHTS

@@ -16,7 +16,7 @@ from grafiqs.evaluation.report import (
     table_rows,
     write_table,
 )
-from grafiqs.experiments.synthetic_set import LabelledImages
+from grafiqs.synthetic.drawn_set import LabelledImages
 
 
 def test_spearman_with_ties_matches_scipy():

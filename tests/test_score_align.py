@@ -7,7 +7,7 @@ import pytest
 
 from grafiqs.cli.score import main
 from grafiqs.pipeline.scoring import LANDMARK_COLUMNS
-from grafiqs.data.align import align_face
+from grafiqs.faces.align import align_face
 from grafiqs.io.score_files import read_score_file
 from grafiqs.experiments.demo import DEMO_WEIGHTS
 from test_align import astronaut, mapped, needs_weights, one_torch_thread, placed, psnr, reference  # noqa: F401

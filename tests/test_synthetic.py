@@ -14,7 +14,7 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from grafiqs.data import synthetic as S  # noqa: E402
+from grafiqs import synthetic as S  # noqa: E402
 
 CROP = (slice(24, 104), slice(20, 92))  # central face region (eyes to mouth) of a 112x112 crop
 
@@ -70,7 +70,7 @@ def test_transform_is_applied():
 def test_identical_in_a_fresh_process():
     """Texture bank and random streams depend only on the keys, not on process state."""
     code = (
-        "import hashlib; from grafiqs.data import synthetic as S; h = hashlib.sha256()\n"
+        "import hashlib; from grafiqs import synthetic as S; h = hashlib.sha256()\n"
         "for i, j in [(0, 0), (3, 2), (1000001, 5)]: h.update(S.render(9, i, j).tobytes())\n"
         "print(h.hexdigest())"
     )

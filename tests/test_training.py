@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from grafiqs.data.datamodules import (
+from grafiqs.data.recordio import write_recordio
+from grafiqs.data.verification import write_bin_pairs
+from grafiqs.errors import InputError
+from grafiqs.lit.callbacks import BNRecalibration, ExportBackbone, batchnorm_layers
+from grafiqs.lit.datamodules import (
     ImageFolderDataModule,
     ImageFolderFaces,
     RecordIODataModule,
     SyntheticFacesDataModule,
     build_augmentations,
 )
-from grafiqs.data.recordio import write_recordio
-from grafiqs.data.verification import write_bin_pairs
-from grafiqs.errors import InputError
-from grafiqs.lit.callbacks import BNRecalibration, ExportBackbone, batchnorm_layers
 from grafiqs.lit.fr_module import (
     FaceRecognitionModule,
     RunLengthLambdaLR,
@@ -349,7 +349,7 @@ def test_train_fr_reports_a_corrupt_bin_validation_set_in_one_line(tmp_path, cap
     (tmp_path / "lfw.bin").write_bytes(b"\x80\x04not a pickle at all" * 20)
     status = train_fr.main([
         "fit", "--config", "configs/train_fr/synthetic.yaml", "--trainer.logger=false", "--trainer.callbacks=[]",
-        f"--trainer.default_root_dir={tmp_path}", "--data=grafiqs.data.datamodules.RecordIODataModule",
+        f"--trainer.default_root_dir={tmp_path}", "--data=grafiqs.lit.datamodules.RecordIODataModule",
         f"--data.root={tmp_path / 'rec'}", f"--data.val_sets=[{tmp_path / 'lfw.bin'}]", "--data.num_workers=0",
     ])
     lines = capsys.readouterr().err.strip().splitlines()
@@ -540,7 +540,7 @@ DDP_SCRIPT = '''
 import os, sys, json
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 import lightning as L
-from grafiqs.data.datamodules import SyntheticFacesDataModule
+from grafiqs.lit.datamodules import SyntheticFacesDataModule
 from grafiqs.lit.callbacks import BNRecalibration, ExportBackbone
 from grafiqs.lit.fr_module import FaceRecognitionModule
 out = sys.argv[1]

@@ -59,7 +59,7 @@ def tiny_config(folder: Path, devices: int, max_steps: int, every_n_train_steps:
         },
         "model": {"arch": "custom", "layers": [1, 1, 1, 1], "widths": [8, 16, 32, 64], "num_features": 32, "s": 16.0,
                   "m2": 0.3, "lr": 0.1, "poly_power": 1.0, "log_images": 0, **model},
-        "data": {"class_path": "grafiqs.data.datamodules.SyntheticFacesDataModule",
+        "data": {"class_path": "grafiqs.lit.datamodules.SyntheticFacesDataModule",
                  "init_args": {"num_identities": 16, "images_per_identity": 1, "batch_size": 2, "num_workers": 0,
                                "val_identities": 0}},
     }

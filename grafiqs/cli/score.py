@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop with exit code 3 at the first unreadable image (default: skip it, list it in errors.csv, go on)",
     )
     photos = parser.add_argument_group(
-        "unaligned photos (grafiqs.data.align: five-point ArcFace alignment, exactly insightface's norm_crop)")
+        "unaligned photos (grafiqs.faces.align: five-point ArcFace alignment, exactly insightface's norm_crop)")
     photos.add_argument("--align", action="store_true",
                         help="detect the face (MTCNN with facenet-pytorch's weights) and align it to the 112x112 ArcFace "
                         "crop before scoring; a photo without a face is skipped with that reason")

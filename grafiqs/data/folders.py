@@ -87,7 +87,7 @@ class ImageFileDataset(Dataset):
     """Item i: image i as a uint8 3x112x112 tensor with its original size, or the reason it is unusable.
 
     A bad file never raises here: it comes back with `error` set so the run goes on
-    and the writer can name it. With an `aligner` (grafiqs.data.align.FaceAligner) the decoded
+    and the writer can name it. With an `aligner` (grafiqs.faces.align.FaceAligner) the decoded
     photo is first aligned to the ArcFace 112x112 crop, and the item carries the five landmarks
     and the detection confidence; `save_aligned` maps a path to the PNG file its crop is saved to.
     """

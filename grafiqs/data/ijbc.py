@@ -10,7 +10,7 @@ A comparison is between templates, not images. A template's embedding is the mea
 images' embeddings within each media (photo or video), summed over its media and
 L2-normalised; its quality is that of its worst image, and a pair's that of its worse
 template. The images are the loose crops of `loose_crop/`, to be aligned with the five
-landmarks of `ijbc_name_5pts_score.txt` (`score.py --landmarks`, grafiqs.data.align).
+landmarks of `ijbc_name_5pts_score.txt` (`score.py --landmarks`, grafiqs.faces.align).
 
 The files are read in bulk: one read, then per 16 MB chunk a byte-level count of the
 fields on every line and one numpy conversion per column; lines are looked at one by one

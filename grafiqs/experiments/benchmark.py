@@ -34,8 +34,8 @@ import numpy as np
 
 from grafiqs.errors import InputError
 from grafiqs.evaluation.edc import Orientation
-from grafiqs.experiments.synthetic_set import SyntheticSetSpec
 from grafiqs.quality.baselines import BASELINES, SERFIQ, BNSLoss, EmbeddingNorm, FaceQAN
+from grafiqs.synthetic.drawn_set import SyntheticSetSpec
 
 SET_WAIT_SECONDS = 3600
 CONFIG_FILE_LIMIT = 64 * 2**20  # bytes of a --config YAML
@@ -97,7 +97,7 @@ class SetConfig:
     max_pairs: int = 50_000_000
 
     def __post_init__(self) -> None:
-        from grafiqs.data.synthetic import DEGRADATIONS
+        from grafiqs.synthetic import DEGRADATIONS
 
         missing = [key for key in NEEDED.get(self.kind, ()) if getattr(self, key) is None]
         if missing:
@@ -415,7 +415,7 @@ def _files_digest(paths: list[str]) -> str:
 def _synthetic_set(spec: SetConfig, cache_dir: Path) -> EvaluationSet:
     from grafiqs.io.ledger import is_primary_process
     from grafiqs.data.verification import VerificationSet
-    from grafiqs.experiments.synthetic_set import prepare_synthetic_set, read_labels, synthetic_set_ready
+    from grafiqs.synthetic.drawn_set import prepare_synthetic_set, read_labels, synthetic_set_ready
 
     folder = Path(spec.folder or cache_dir / "sets" / spec.name)
     if is_primary_process():
@@ -441,7 +441,7 @@ def landmark_file(spec: SetConfig) -> str:
 
 
 def _ijbc_set(spec: SetConfig) -> EvaluationSet:
-    from grafiqs.data.align import FaceAligner, read_landmarks_file
+    from grafiqs.faces.align import FaceAligner, read_landmarks_file
     from grafiqs.data.ijbc import TemplatePairSet, ijbc_images, load_ijbc_protocol
     from grafiqs.io.reading import file_digest
     from grafiqs.data.verification import VerificationSet

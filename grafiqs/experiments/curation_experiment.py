@@ -46,7 +46,7 @@ class DegradedSetConfig:
     check: Optional[str] = None  # a curated folder (curate.py's output_dir): report what its filter removed
 
     def __post_init__(self) -> None:
-        from grafiqs.data.synthetic import DEGRADATIONS
+        from grafiqs.synthetic import DEGRADATIONS
 
         for key, least in (("num_identities", 1), ("images_per_identity", 1), ("val_identities", 2), ("seed", 0),
                            ("identity_offset", 0), ("val_identity_offset", 0)):
@@ -78,11 +78,11 @@ def write_degraded_set(config: DegradedSetConfig, say=print) -> Path:
     import cv2
 
     from grafiqs.data.recordio import IDX_NAME, JPEG_QUALITY, PROPERTY_NAME, REC_NAME
-    from grafiqs.data.synthetic import degrade, render
     from grafiqs.experiments.curation import write_training_set
     from grafiqs.io.atomic import atomic_write_with
     from grafiqs.io.ledger import OutputFolder
     from grafiqs.io.score_files import write_csv
+    from grafiqs.synthetic import degrade, render
 
     folder = OutputFolder(config.output_dir, "output_dir")
     names = {f"train/{n}" for n in (REC_NAME, IDX_NAME, PROPERTY_NAME)} | {"degraded.csv", "val.bin"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from grafiqs.evaluation.report import evaluate_orders, plot_edcs, table_rows, write_table
-from grafiqs.experiments.synthetic_set import LabelledImages, SyntheticSetSpec
+from grafiqs.synthetic.drawn_set import LabelledImages, SyntheticSetSpec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEMO_WEIGHTS = ASSETS / "demo_iresnet.ckpt"  # trained by configs/train_fr/demo.yaml, see grafiqs/assets/README.md

@@ -1,14 +1,14 @@
 """A cheap per-image check that a crop is an ArcFace-aligned face: MTCNN's O-Net on the 112x112 crop.
 
 GraFIQs gives a number for anything 112x112 (a blank image, noise, a car, a resized full photo), and that
-number means nothing unless the image is an aligned face. MTCNN's last network, O-Net (grafiqs/data/mtcnn.py,
+number means nothing unless the image is an aligned face. MTCNN's last network, O-Net (grafiqs/faces/detect.py,
 facenet-pytorch's weights), takes a 48x48 window and returns a face probability and five landmarks. Here it
 reads the crop itself, as scored, in three fixed windows (`FACE_WINDOWS`, in pixels of the 112 crop), and
 
 - `face_probability` is the sigmoid of the mean of the three windows' face logits (a geometric mean of
   the odds: one window fooled by a texture does not decide);
 - `alignment_error` is the mean distance, in pixels of the 112 crop, of the five landmarks (averaged over
-  the windows) from the ArcFace template the alignment maps them to (grafiqs.data.align.ARCFACE_TEMPLATE).
+  the windows) from the ArcFace template the alignment maps them to (grafiqs.faces.align.ARCFACE_TEMPLATE).
 
 An image is flagged `not an aligned face?` when face_probability < MIN_FACE_PROBABILITY or alignment_error >
 MAX_ALIGNMENT_ERROR. Why these windows and thresholds (measured, benchmarks/bench_face_check.py):
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from grafiqs.data.align import ARCFACE_TEMPLATE
-from grafiqs.data.mtcnn import INSTALL_HINT, ONet
 from grafiqs.errors import InputError
+from grafiqs.faces.align import ARCFACE_TEMPLATE
+from grafiqs.faces.detect import INSTALL_HINT, ONet
 
 CROP_SIZE = 112
 ONET_SIZE = 48

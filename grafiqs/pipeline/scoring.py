@@ -203,7 +203,7 @@ def aligning(args) -> bool:
 
 def make_aligner(args):
     """The FaceAligner of the options; the landmark file is read and checked here, before anything is created."""
-    from grafiqs.data.align import FaceAligner, read_landmarks_file
+    from grafiqs.faces.align import FaceAligner, read_landmarks_file
 
     landmarks = read_landmarks_file(args.landmarks) if args.landmarks else None
     return FaceAligner(landmarks, select=args.select_face, detect=args.align)
@@ -300,7 +300,7 @@ def start_or_resume(output, stale: set[str], settings: dict, overwrite: bool) ->
 def prepare_demo(args, say: Callable[[str], None] = print) -> None:
     """Point args at the bundled model and a synthetic verification set (drawn on the first run)."""
     from grafiqs.experiments.demo import DEMO_SET, DEMO_WEIGHTS
-    from grafiqs.experiments.synthetic_set import prepare_synthetic_set
+    from grafiqs.synthetic.drawn_set import prepare_synthetic_set
 
     args.drawing = True
     folder = prepare_synthetic_set(Path(args.output_dir) / "images", DEMO_SET)
@@ -314,7 +314,7 @@ def prepare_demo(args, say: Callable[[str], None] = print) -> None:
 
 def demo_labels(folder: Path, scored: list[str]):
     """Manifest labels of the scored demo images, in scored order."""
-    from grafiqs.experiments.synthetic_set import read_labels
+    from grafiqs.synthetic.drawn_set import read_labels
 
     return read_labels(folder, [Path(p).name for p in scored])
 

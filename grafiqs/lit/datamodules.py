@@ -49,7 +49,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from grafiqs.data.decode import read_image, to_model_tensor
 from grafiqs.data.folders import parse_extensions
 from grafiqs.data.recordio import RecordIODataset
-from grafiqs.data.synthetic import DEGRADATIONS, SyntheticFaces, make_verification_probes, verification_pairs
 from grafiqs.data.verification import (
     VerificationImages,
     VerificationSet,
@@ -58,6 +57,12 @@ from grafiqs.data.verification import (
     load_pair_list,
 )
 from grafiqs.errors import InputError
+from grafiqs.synthetic import (
+    DEGRADATIONS,
+    SyntheticFaces,
+    make_verification_probes,
+    verification_pairs,
+)
 
 COLOUR_ORDERS = ("bgr", "rgb")
 
@@ -412,7 +417,7 @@ class FaceDataModule(L.LightningDataModule):
 
 
 class SyntheticFacesDataModule(FaceDataModule):
-    """Procedural faces (`grafiqs.data.synthetic`), BGR like cv2; validation on held-out identities.
+    """Procedural faces (`grafiqs.synthetic`), BGR like cv2; validation on held-out identities.
 
     Training: identities `0 .. num_identities-1`, `images_per_identity` samples each. Validation:
     `val_identities` people starting at `val_identity_offset` (never seen in training): one clean

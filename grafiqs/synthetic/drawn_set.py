@@ -18,10 +18,11 @@ from typing import Optional
 
 import numpy as np
 
-from grafiqs.data.synthetic import DEGRADATIONS, write_demo_folder
 from grafiqs.errors import InputError, stop_on_signals
 from grafiqs.evaluation.report import PairSet
 from grafiqs.io.ledger import LEDGER, LOG_FOLDER, OutputFolder
+from grafiqs.synthetic.degradations import DEGRADATIONS
+from grafiqs.synthetic.probes import write_demo_folder
 
 MANIFEST = "manifest.csv"
 SPEC_FILE = "spec.json"

@@ -6,7 +6,7 @@ applied by `cv2.warpAffine` with bilinear interpolation and black borders. GraFI
 the face recognition models it reads were trained on such crops.
 
 Landmarks come from a file (`read_landmarks_file`: IJB-C's `ijbc_name_5pts_score.txt`
-layout, or a CSV) or from the MTCNN detector (`detect_faces`, grafiqs/data/mtcnn.py).
+layout, or a CSV) or from the MTCNN detector (`detect_faces`, grafiqs/faces/detect.py).
 Images are uint8 HxWx3 BGR arrays, as `grafiqs.data.decode.read_image` returns them.
 Points are (x, y) in pixels, in the order left eye, right eye, nose tip, left mouth
 corner, right mouth corner, "left" meaning smaller x in the image.
@@ -159,7 +159,7 @@ def _is_number(text: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _detector(device: str):
-    from grafiqs.data.mtcnn import MTCNN  # torch is imported only when a face has to be detected
+    from grafiqs.faces.detect import MTCNN  # torch is imported only when a face has to be detected
 
     return MTCNN.pretrained(device)
 
