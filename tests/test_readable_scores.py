@@ -204,3 +204,32 @@ def test_without_the_onet_weights_or_with_a_stale_calibration_the_run_goes_on_wi
     rows = read_csv(tmp_path / "out" / "scores.csv")
     assert all(r["status"] == "ok" and math.isnan(float(r["alignment_error"])) and r["quality_0_100"] == ""
                for r in rows)
+
+
+def test_gradient_maps_show_the_lowest_quality_images_and_replace_only_their_own(tmp_path, model, faces, capsys):
+    maps = tmp_path / "maps"
+    assert score("--image-path", faces, "--weights", model, "--output-dir", tmp_path / "out", "--no-face-check",
+                 "--save-gradient-maps", maps, "--gradient-maps", "2") == 0
+    rows = read_csv(tmp_path / "out" / "scores.csv")
+    worst = sorted(rows, key=lambda r: float(r["quality"]))[:2]
+    assert sorted(p.name for p in maps.glob("*.png")) == sorted(Path(r["path"]).name for r in worst)
+    for row in worst:
+        shown = cv2.imread(str(maps / Path(row["path"]).name))
+        assert shown.shape == (112, 224, 3)  # the crop as scored | its |dL/dx| over the crop in gray
+        if Path(row["path"]).name not in ("large_160.png", "small_64.png"):  # 112x112 inputs are shown unresized
+            assert np.array_equal(shown[:, :112], cv2.imread(row["path"]))
+        assert not np.array_equal(shown[:, 112:], shown[:, :112])
+    assert "wrote 2 gradient maps" in capsys.readouterr().out
+
+    assert score("--image-path", faces, "--weights", model, "--output-dir", tmp_path / "out", "--no-face-check",
+                 "--save-gradient-maps", maps, "--gradient-maps", "1") == 0  # the earlier run's second map goes
+    assert [p.name for p in maps.glob("*.png")] == [Path(worst[0]["path"]).name]
+
+    mine = maps / Path(worst[1]["path"]).name  # a file of the user's at a name a map could take
+    mine.write_bytes(b"mine")
+    assert score("--image-path", faces, "--weights", model, "--output-dir", tmp_path / "other", "--no-face-check",
+                 "--save-gradient-maps", maps) == 2
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "other").exists() and mine.read_bytes() == b"mine"
+    assert score("--image-path", faces, "--weights", model, "--output-dir", tmp_path / "other",
+                 "--gradient-maps", "3") == 2
+    assert "--gradient-maps counts the maps of --save-gradient-maps" in capsys.readouterr().err

@@ -24,6 +24,12 @@ def add_readable_options(parser: argparse.ArgumentParser) -> None:
     readable.add_argument("--contact-sheet", action="store_true",
                           help="also write contact_sheet.png: the 8 best and 8 worst images (--quality-group) with their "
                           "scores, each above its input-gradient magnitude |dL/dx| (where GraFIQs wants it changed)")
+    readable.add_argument("--save-gradient-maps", metavar="DIR",
+                          help="also save, for the --gradient-maps lowest-quality images (--quality-group), the crop "
+                          "beside its input-gradient magnitude |dL/dx| over it (where GraFIQs wants it changed), as PNG "
+                          "under their relative paths")
+    readable.add_argument("--gradient-maps", type=int, metavar="N",
+                          help="how many images --save-gradient-maps shows, lowest quality first; 0 = all (default 16)")
     readable.add_argument("--no-face-check", action="store_true",
                           help="skip the aligned-face check (MTCNN O-Net on each 112x112 crop, ~1-4 ms per image): "
                           "face_probability and alignment_error become NaN and nothing is flagged")

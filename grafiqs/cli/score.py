@@ -34,7 +34,7 @@ outputs in --output-dir:
                 with --align/--landmarks also x1 y1 .. x5 y5 (the landmarks used) and detection_confidence
   embeddings.npy  with --save-embeddings: float32 [N, D], rows in the order of scores.csv
   GraFIQs_<group>_scalar.txt, ofiq.csv, contact_sheet.png, calibration.json   with --scalar-score-files,
-                --ofiq-csv, --contact-sheet, --calibrate
+                --ofiq-csv, --contact-sheet, --calibrate (gradient maps go to --save-gradient-maps DIR)
   errors.csv    every skipped file and why (names that cannot go into a score file, e.g. with a
                 line break or not UTF-8, are skipped too and shown escaped)
   .grafiqs/     per-batch result log: rerunning the same command resumes an interrupted run;
@@ -98,7 +98,8 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 SCORING_OPTIONS = ("image_path", "image_extension", "output_dir", "backbone", "weights", "path_replace",
                    "path_replace_with", "bgr2rgb", "recursive", "quality_group", "groups", "save_embeddings", "overwrite", "strict",
                    "align", "landmarks", "select_face", "save_aligned", "calibrate", "calibration",
-                   "scalar_score_files", "ofiq_csv", "no_face_check", "contact_sheet")
+                   "scalar_score_files", "ofiq_csv", "no_face_check", "contact_sheet",
+                   "save_gradient_maps", "gradient_maps")
 
 
 def build_parser() -> argparse.ArgumentParser:

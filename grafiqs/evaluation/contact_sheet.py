@@ -17,6 +17,20 @@ def gradient_maps(gradients) -> np.ndarray:
     return np.abs(np.asarray(gradients, np.float32)).sum(axis=1)
 
 
+def gradient_overlay(crop: np.ndarray, magnitude: np.ndarray, scale: float) -> bytes:
+    """PNG bytes of one image beside its gradient map, as on the contact sheet: the RGB uint8 crop, then |dL/dx|
+    (divided by `scale`, clipped to 1) in inferno over the crop in gray."""
+    import cv2
+
+    gray = np.repeat(crop.mean(axis=2, keepdims=True), 3, axis=2)
+    heat = cv2.applyColorMap((np.clip(magnitude / max(scale, 1e-30), 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    overlay = (0.35 * gray + 0.65 * heat[..., ::-1]).round().astype(np.uint8)
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(np.hstack([crop, overlay])[..., ::-1]))
+    if not ok:
+        raise RuntimeError("cv2 could not encode a gradient map as PNG")
+    return png.tobytes()
+
+
 def write_contact_sheet(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray],
                                                          Sequence[str]]], title: str = "") -> Path:
     """rows: (row title, RGB uint8 HxWx3 crops, HxW gradient magnitudes, one label per crop); a PNG at `path`,

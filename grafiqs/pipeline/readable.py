@@ -23,12 +23,14 @@ import csv
 import io
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from grafiqs.errors import InputError
 from grafiqs.faces.check import NOT_ALIGNED, is_flagged, make_face_check
+from grafiqs.io.ledger import OutputFolder
 from grafiqs.quality.calibration import (
     CANNOT_ASSESS,
     MIN_REFERENCE,
@@ -201,40 +203,90 @@ class ReadableRun:
                              for p in scored)
             atomic_write_text(output_dir / OFIQ_FILE, buffer.getvalue())
 
-    def write_contact_sheet(self, output_dir: Path, scored: list[str], records: dict[str, dict], backbone,
-                            dataset) -> None:
-        """--contact-sheet: the best and worst images by the --quality-group magnitude (status ok), read again as
-        scored through `dataset(paths)` (the run's dataset class, aligner included), their input gradients recomputed
-        by the same scorer."""
-
+    def gradient_views(self, chosen: list[str], backbone, dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """path -> (the crop as scored, RGB uint8 HxWx3; |dL/dx| summed over channels, HxW) for `chosen`, read again
+        through `dataset(paths)` (the run's dataset class, aligner included) and scored again in batches by the run's
+        scorer settings; a path that cannot be read again is left out."""
         from grafiqs.data.decode import normalize
         from grafiqs.data.folders import collate_images
-        from grafiqs.evaluation.contact_sheet import gradient_maps, write_contact_sheet
+        from grafiqs.evaluation.contact_sheet import gradient_maps
         from grafiqs.quality.scorer import GraFIQsScorer
+
+        device = next(backbone.parameters()).device
+        scorer = GraFIQsScorer(backbone, ("image",), precision=self.args.precision)
+        views = {}
+        for first in range(0, len(chosen), self.args.batch_size):
+            part = chosen[first:first + self.args.batch_size]
+            images = dataset(part)
+            batch = collate_images([images[i] for i in range(len(part))])
+            if not len(batch["index"]):
+                continue
+            gradients = scorer(normalize(batch["image"].to(device)), keep_gradients=True).gradients["image"]
+            maps = gradient_maps(gradients.cpu())
+            crops = batch["image"].permute(0, 2, 3, 1).numpy()
+            crops = crops if self.args.bgr2rgb else crops[..., ::-1]  # shown in RGB
+            views.update({part[int(i)]: (crops[row], maps[row]) for row, i in enumerate(batch["index"])})
+        return views
+
+    def ranked(self, scored: list[str], records: dict[str, dict]) -> list[str]:
+        """The images with status ok, best first by the --quality-group magnitude (smaller = better)."""
+        group = self.args.quality_group
+        return sorted((p for p in scored if self.status(records[p]) == "ok"), key=lambda p: records[p]["scores"][group])
+
+    def label(self, record: dict) -> str:
+        group = self.args.quality_group
+        scalar = self.scalar(record, group)
+        return f"{record['scores'][group]:.4g}" + (f" | Q {scalar}" if scalar != "" else "")
+
+    def write_contact_sheet(self, output_dir: Path, scored: list[str], records: dict[str, dict], backbone,
+                            dataset) -> None:
+        """--contact-sheet: the best and worst images by the --quality-group magnitude (status ok), each above the
+        magnitude of its input gradient (gradient_views)."""
+        from grafiqs.evaluation.contact_sheet import write_contact_sheet
 
         if not self.args.contact_sheet:
             return
-        group = self.args.quality_group
-        usable = sorted((p for p in scored if self.status(records[p]) == "ok"), key=lambda p: records[p]["scores"][group])
+        usable = self.ranked(scored, records)
         count = min(SHEET_SIZE, max(1, len(usable) // 2))
-        chosen = list(dict.fromkeys(usable[:count] + usable[::-1][:count]))
-        images = dataset(chosen) if chosen else None
-        batch = collate_images([images[i] for i in range(len(chosen))]) if chosen else None
-        if batch is None or not len(batch["index"]):
+        shown = self.gradient_views(list(dict.fromkeys(usable[:count] + usable[::-1][:count])), backbone, dataset)
+        if not shown:
             self.notes.append("contact sheet not written: no image with status ok could be read again")
             return
-        device = next(backbone.parameters()).device
-        scorer = GraFIQsScorer(backbone, ("image",), precision=self.args.precision)
-        maps = gradient_maps(scorer(normalize(batch["image"].to(device)), keep_gradients=True).gradients["image"].cpu())
-        crops = batch["image"].permute(0, 2, 3, 1).numpy()
-        crops = crops if self.args.bgr2rgb else crops[..., ::-1]  # shown in RGB
-        shown = {chosen[int(i)]: (crops[row], maps[row]) for row, i in enumerate(batch["index"])}
 
         def row(title: str, paths: list[str]):
             paths = [p for p in paths if p in shown]
-            labels = [f"{records[p]['scores'][group]:.4g}" + (f" | Q {q}" if (q := self.scalar(records[p], group)) != ""
-                                                               else "") for p in paths]
-            return title, [shown[p][0] for p in paths], [shown[p][1] for p in paths], labels
+            return title, [shown[p][0] for p in paths], [shown[p][1] for p in paths], [self.label(records[p]) for p in paths]
 
         write_contact_sheet(output_dir / CONTACT_SHEET, [row("best", usable[:count]), row("worst", usable[::-1][:count])],
-                            title=f"{group} magnitude (larger = lower quality) | quality_0_100; below each crop: |dL/dx|")
+                            title=f"{self.args.quality_group} magnitude (larger = lower quality) | quality_0_100; "
+                                  "below each crop: |dL/dx|")
+
+    def write_gradient_maps(self, maps: GradientMaps | None, scored: list[str], records: dict[str, dict], backbone,
+                            dataset) -> None:
+        """--save-gradient-maps DIR: the --gradient-maps N lowest-quality images (status ok; 0 = all), each as a PNG
+        of the crop beside its |dL/dx| over the crop in gray, under the image's relative path; maps an earlier run
+        wrote there that this run does not are removed (while still exactly as written)."""
+        from grafiqs.evaluation.contact_sheet import gradient_overlay
+        from grafiqs.io.atomic import atomic_write_bytes
+
+        if maps is None:
+            return
+        worst = self.ranked(scored, records)[::-1]
+        chosen = worst[:self.args.gradient_maps] if self.args.gradient_maps else worst
+        views = self.gradient_views(chosen, backbone, dataset)
+        scale = max((float(np.percentile(m, 99.5)) for _, m in views.values()), default=1.0)
+        for path, (crop, magnitude) in views.items():
+            name = maps.names[path]
+            (maps.folder.path / name).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(maps.folder.path / name, gradient_overlay(crop, magnitude, scale))
+        maps.folder.remove(maps.folder.written() - {maps.names[p] for p in views})
+        self.notes.append(f"wrote {len(views)} gradient maps (the lowest {self.args.quality_group} quality first) "
+                          f"to {maps.folder.path}: crop | |dL/dx| on one colour scale for all")
+
+
+@dataclass
+class GradientMaps:
+    """--save-gradient-maps: the claimed folder and each image's PNG name in it."""
+
+    folder: OutputFolder
+    names: dict[str, str]

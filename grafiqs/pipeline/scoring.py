@@ -24,6 +24,7 @@ from grafiqs.io.reading import file_digest
 
 # scores.csv columns with --align / --landmarks: the five points used (x1 y1 = left eye ... x5 y5 = right mouth
 # corner, in the photo's pixels) and MTCNN's confidence (NaN for landmarks from a file).
+GRADIENT_MAPS = 16  # --save-gradient-maps without --gradient-maps: the 16 lowest-quality images
 LANDMARK_COLUMNS = [f"{axis}{i}" for i in range(1, 6) for axis in "xy"] + ["detection_confidence"]
 DEMO_ADVICE = ("move them away (the demo always writes to outputs/demo; score your own folder with --image-path, "
                "--weights and --output-dir)")
@@ -56,16 +57,19 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
     container = open_input_container(args)  # a RecordIO set, RecordIO shards or a .bin: scored in place
     paths = container.names() if container is not None else list_images(
         args.image_path, parse_extensions(args.image_extension), args.recursive,
-        exclude=[p for p in (output.path, args.save_aligned) if p], unlisted=unlisted)
+        exclude=[p for p in (output.path, args.save_aligned, args.save_gradient_maps) if p], unlisted=unlisted)
     accelerator, devices = choose_devices(args, torch)
     backbone = load_backbone_for(args)
     aligner = make_aligner(args) if aligning(args) else None
     readable = ReadableRun(args, paths)  # the calibration (checked) and the aligned-face check
     settings = run_settings(args, backbone)
     run_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    maps = plan_gradient_maps(args, paths) if args.save_gradient_maps and is_primary_process() else None
     if is_primary_process():  # DDP worker processes re-run this script: one process owns the folder
         output.claim(outputs, stale)
         start_or_resume(output, stale, settings, args.overwrite)
+        if maps is not None:
+            maps.folder.claim(maps.names.values())
     current = container.identities() if container is not None else {p: identity_of(p) for p in paths}
     done = read_result_logs(output.path, run_id, current, args.groups, with_embedding=args.save_embeddings)
     todo = [p for p in paths if "scores" not in done.get(p, {})]
@@ -104,8 +108,12 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
     labels = demo_labels(Path(args.image_path), scored) if args.demo else None
     summary = write_final_files(output.path, paths, scored, records, args, labels, unlisted,
                                 record_labels=container is not None and container.has_labels, readable=readable)
-    readable.write_contact_sheet(output.path, scored, records, backbone, lambda chosen: (  # --contact-sheet
-        container.dataset if container is not None else ImageFileDataset)(chosen, bgr2rgb=args.bgr2rgb, aligner=aligner))
+    def read_again(chosen):  # the images of `chosen` as scored, for --contact-sheet and --save-gradient-maps
+        images = container.dataset if container is not None else ImageFileDataset
+        return images(chosen, bgr2rgb=args.bgr2rgb, aligner=aligner)
+
+    readable.write_contact_sheet(output.path, scored, records, backbone, read_again)
+    readable.write_gradient_maps(maps, scored, records, backbone, read_again)
     output.remove(stale - outputs)  # e.g. an embeddings.npy of an earlier run with --save-embeddings
     summary.update(seconds=time.perf_counter() - started, bf16_units=bf16_units(torch), records=records,
                    labels=labels, output_dir=output.path,
@@ -191,8 +199,17 @@ def check_options(args, groups) -> None:
         raise InputError(f"unknown --backbone {args.backbone!r}; choose one of {', '.join(ARCHITECTURES)} or custom")
     if args.save_aligned and not aligning(args):
         raise InputError("--save-aligned saves aligned crops: add --align (detect faces) or --landmarks FILE")
-    if args.output_dir == "" or args.save_aligned == "":
-        raise InputError(f"--{'output-dir' if args.output_dir == '' else 'save-aligned'} is empty; give a folder path")
+    for option in ("output_dir", "save_aligned", "save_gradient_maps"):
+        if getattr(args, option) == "":
+            raise InputError(f"--{option.replace('_', '-')} is empty; give a folder path")
+    if args.gradient_maps is not None and not args.save_gradient_maps:
+        raise InputError("--gradient-maps counts the maps of --save-gradient-maps DIR: add it, or leave it out")
+    args.gradient_maps = GRADIENT_MAPS if args.gradient_maps is None else args.gradient_maps
+    if args.gradient_maps < 0:
+        raise InputError(f"--gradient-maps must be 0 (all) or a positive count, got {args.gradient_maps}")
+    if args.save_gradient_maps and args.save_aligned and same_folder(args.save_gradient_maps, args.save_aligned):
+        raise InputError("--save-gradient-maps and --save-aligned name the same folder, where a map and a crop would "
+                         "share a name: give two folders")
     if args.path_replace_with is not None and name_problem(args.path_replace_with):
         raise InputError(f"--path-replace-with cannot go into a score file: {name_problem(args.path_replace_with)}")
 
@@ -240,6 +257,22 @@ def plan_crops(args, paths: list[str]) -> dict[str, Path]:
     for name in names.values():
         (folder.path / name).parent.mkdir(parents=True, exist_ok=True)
     return {path: folder.path / name for path, name in names.items()}
+
+
+def same_folder(first: str, second: str) -> bool:
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def plan_gradient_maps(args, paths: list[str]):
+    """--save-gradient-maps: a folder the program owns like --output-dir, checked (and then claimed) for every image's
+    name (its relative path as PNG, as --save-aligned names crops); the maps are written once the scores are known."""
+    from grafiqs.io.ledger import OutputFolder
+    from grafiqs.pipeline.readable import GradientMaps
+
+    root = Path(args.image_path) if Path(args.image_path).is_dir() else Path(args.image_path).parent
+    maps = GradientMaps(OutputFolder(args.save_gradient_maps, "--save-gradient-maps"), crop_names(paths, root))
+    maps.folder.check(maps.names.values())
+    return maps
 
 
 def output_names(args) -> set[str]:
