@@ -29,7 +29,7 @@ import torch
 from scipy.stats import spearmanr
 
 from grafiqs.data.decode import normalize, to_model_tensor
-from grafiqs.data.synthetic import make_verification_probes
+from grafiqs.synthetic import make_verification_probes
 from grafiqs.models.loading import load_backbone_and_metadata
 from grafiqs.quality.bn_stats import BNInputStatistics
 from grafiqs.quality.discrepancy import LossVariant, variant_loss
