@@ -15,8 +15,8 @@ cancelled by taking two image counts). --record appends a row to benchmarks/RESU
     python benchmarks/bench_scorer.py --suite --record
 
 --suite measures, in one process against one loop and one pair of ceilings, the modes a user chooses between:
-float32 with every group (score.py's default), float32 `--groups block4`, and `--precision bf16` with every group
-where the CPU has bf16 units (AMX or AVX512-BF16; elsewhere bf16 is a slow fallback, not a speed mode), each as
+float32 with every group (score.py's default), the same with `--channels-last`, float32 `--groups block4`, and
+`--precision bf16` with every group (both layouts) where the CPU has bf16 units (AMX or AVX512-BF16; elsewhere bf16 is a slow fallback, not a speed mode), each as
 img/s, ratio to the loop and fraction of its precision's ceiling (GFLOP counted on that mode's own call: the
 block4 backward stops at layer4), one table row per mode (`SUITE_SECTION`).
 """
@@ -120,10 +120,11 @@ def suite(args, model, images, reference, reference_seconds) -> None:
 
     ceilings = gemm_ceilings()
     units = bf16_units(torch)
-    modes = [("32", GROUPS), ("32", ("block4",))] + ([("bf16", GROUPS)] if units else [])
+    modes = [("32", GROUPS, False), ("32", GROUPS, True), ("32", ("block4",), False)] + \
+        ([("bf16", GROUPS, False), ("bf16", GROUPS, True)] if units else [])
     unique = len({tuple(r.values()) for r in reference})  # Spearman on the distinct crops only
-    for precision, groups in modes:
-        scorer = GraFIQsScorer(model, groups=groups, precision=precision)
+    for precision, groups, channels_last in modes:
+        scorer = GraFIQsScorer(model, groups=groups, precision=precision, channels_last=channels_last)
         scores, seconds = timed_scores(scorer, images, args.batch_size)
         gflop = mode_gflop(model, images[:1], groups)
         ceiling = ceilings["bf16" if precision == "bf16" else "fp32"]
@@ -133,7 +134,8 @@ def suite(args, model, images, reference, reference_seconds) -> None:
             fidelity = "min Spearman " + f"{min(spearman(np.array(scores[g][:unique]), np.array([r[g] for r in reference[:unique]])) for g in groups):.4f}"
         row = {
             "date": datetime.date.today().isoformat(), "arch": args.arch,
-            "mode": f"{'bf16' if precision == 'bf16' else 'fp32'}, {'all groups' if groups == GROUPS else '--groups ' + ','.join(groups)}, bs {args.batch_size}",
+            "mode": f"{'bf16' if precision == 'bf16' else 'fp32'}, {'all groups' if groups == GROUPS else '--groups ' + ','.join(groups)}, bs {args.batch_size}"
+                    + (", --channels-last" if channels_last else ""),
             "loop img/s": f"{1 / reference_seconds:.2f}", "img/s": f"{1 / seconds:.2f}",
             "ratio to loop": f"{reference_seconds / seconds:.2f}x", "GFLOP/image": f"{gflop:.1f}",
             "GEMM GFLOP/s fp32 / bf16": f"{ceilings['fp32']:.1f} / {ceilings['bf16']:.1f}",

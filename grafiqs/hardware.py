@@ -47,15 +47,16 @@ def cache_folder() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grafiqs"
 
 
-def speed_key(torch, device: str, architecture: list[int], precision: str, batch_size: int, first_group: str) -> str:
+def speed_key(torch, device: str, architecture: list[int], precision: str, batch_size: int, first_group: str,
+              channels_last: bool = False) -> str:
     """The setting a speed belongs to: this machine (CPU model and threads, or GPU), torch, the network's
-    shape, precision, batch size and the earliest differentiated group (where the backward ends)."""
+    shape, precision, batch size, the earliest differentiated group (where the backward ends) and the layout."""
     if device == "cuda":
         machine = torch.cuda.get_device_name(device)
     else:
         machine = f"{next(iter(_cpu_info('model name')), 'CPU')}, {torch.get_num_threads()} threads"
     return (f"{machine} | torch {torch.__version__} | iresnet {'-'.join(map(str, architecture))} | "
-            f"precision {precision} | batch {batch_size} | from {first_group}")
+            f"precision {precision} | batch {batch_size} | from {first_group}" + (" | channels_last" if channels_last else ""))
 
 
 @dataclass

@@ -173,6 +173,16 @@ def test_compile_auto_follows_the_speeds_measured_here_and_compiled_stages_score
             assert float(b[group]) == pytest.approx(float(a[group]), rel=1e-4)
 
 
+def test_channels_last_scores_within_1e_4_and_is_a_setting_of_its_own(tmp_path, tiny_weights, faces, capsys):
+    assert score(faces, tmp_path / "nchw", tiny_weights, "--no-face-check") == 0
+    assert score(faces, tmp_path / "nhwc", tiny_weights, "--no-face-check", "--channels-last") == 0
+    for a, b in zip(read_csv(tmp_path / "nchw" / "scores.csv"), read_csv(tmp_path / "nhwc" / "scores.csv")):
+        for group in ("image", "block1", "block2", "block3", "block4", "bns_loss"):
+            assert float(b[group]) == pytest.approx(float(a[group]), rel=1e-4)
+    assert score(faces, tmp_path / "nchw", tiny_weights, "--no-face-check", "--channels-last") == 2  # never mixed
+    assert "other settings (channels_last)" in capsys.readouterr().err
+
+
 def test_groups_scores_only_what_is_asked_with_the_same_numbers(tmp_path, tiny_weights, faces, capsys):
     assert score(faces, tmp_path / "all", tiny_weights) == 0
     assert score(faces, tmp_path / "b4", tiny_weights, "--groups", "block4,block2") == 0

@@ -83,7 +83,7 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
         def make_module(trainer):
             choice = compile_choice(args, torch, backbone, accelerator, -(-len(todo) // trainer.world_size),
                                     trainer.is_global_zero)
-            return GraFIQsModule(backbone, groups=args.groups, precision=args.precision,
+            return GraFIQsModule(backbone, groups=args.groups, precision=args.precision, channels_last=args.channels_last,
                                  return_embeddings=args.save_embeddings, compile_choice=choice,
                                  face_check=readable.face_check)
 
@@ -132,6 +132,7 @@ def run_settings(args, backbone) -> dict:
         "architecture": list(backbone.layers_per_stage) + list(backbone.widths),
         "bgr2rgb": args.bgr2rgb,
         "precision": args.precision,
+        **({"channels_last": True} if args.channels_last else {}),  # ~1e-5 apart, not bit for bit: never mixed
         "groups": list(args.groups),
         "alignment": {"detect": args.align, "select": args.select_face,
                       "landmarks_sha256": args.landmarks and file_digest(args.landmarks, "landmarks file")}
@@ -157,7 +158,7 @@ def setting_key(args, torch, backbone, accelerator: str, precision: str) -> str:
 
     device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
     return speed_key(torch, device, list(backbone.layers_per_stage) + list(backbone.widths), precision,
-                     args.batch_size, args.groups[0])
+                     args.batch_size, args.groups[0], args.channels_last)
 
 
 def measured_bf16_speed(args, torch, backbone, accelerator: str) -> dict | None:
