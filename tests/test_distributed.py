@@ -73,3 +73,20 @@ def test_strict_with_the_bad_file_on_the_second_process_stops_every_process_with
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and done.stderr.count("b.png: not a decodable image") == 2
+
+
+def test_two_cpu_processes_score_a_recordio_set_in_place_every_record_once_like_one_process(tmp_path, tiny_weights):
+    from test_containers import score, write_set
+
+    write_set(tmp_path / "set")
+    assert score(tmp_path / "set", tmp_path / "one", tiny_weights, "--num-workers", 0) == 0
+    run_score(tmp_path / "set", tmp_path / "two", tiny_weights, "--accelerator", "cpu", "--devices", "2")
+    every = [json.loads(line)["path"] for log in (tmp_path / "two" / LOG_FOLDER).glob("rank*.jsonl")
+             for line in log.read_text().splitlines()]
+    assert sorted(every) == sorted(set(every)) and len(every) == 9  # each record exactly once over both ranks
+    single, distributed = rows(tmp_path / "one" / "scores.csv"), rows(tmp_path / "two" / "scores.csv")
+    assert list(single) == list(distributed)
+    for path, row in single.items():
+        assert row["label"] == distributed[path]["label"]
+        for column in ("image", "block4", "bns_loss"):
+            assert abs(float(row[column]) - float(distributed[path][column])) <= 1e-5 * abs(float(row[column]))
