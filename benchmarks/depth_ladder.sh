@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The depth experiment's training ladder (issue 21): trains each rung of configs/train_fr/depth/
 # in turn, resuming a rung from its newest last.ckpt (written every 100 steps, 10 minutes and
-# epoch end) and skipping rungs whose backbone.ckpt exists. Logs: outputs/train/depth/<rung>.log
+# epoch end; else from benchmarks/depth/<rung>_last.ckpt, committed when a session ended mid-rung)
+# and skipping rungs whose backbone.ckpt exists. Logs: outputs/train/depth/<rung>.log
 #   bash benchmarks/depth_ladder.sh [rung ...]      (default: bundled iresnet50 iresnet18 iresnet34)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ for rung in "${rungs[@]}"; do
   mkdir -p "$dir"
   resume=()
   last=$(ls -t "$dir"/grafiqs/*/checkpoints/last.ckpt 2>/dev/null | head -1 || true)
+  # on a fresh clone: the committed checkpoint an earlier session stopped at (benchmarks/depth/<rung>_last.ckpt)
+  [ -z "$last" ] && [ -f "benchmarks/depth/${rung}_last.ckpt" ] && last=benchmarks/depth/${rung}_last.ckpt
   [ -n "$last" ] && resume=(--ckpt_path "$last")
   echo "$rung: $(date -u +%FT%TZ) start ${resume[*]}" | tee -a "$dir.log"
   start=$(date +%s)
