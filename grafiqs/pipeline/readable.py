@@ -279,7 +279,8 @@ class ReadableRun:
             name = maps.names[path]
             (maps.folder.path / name).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(maps.folder.path / name, gradient_overlay(crop, magnitude, scale))
-        maps.folder.remove(maps.folder.written() - {maps.names[p] for p in views})
+        # only maps: DIR may be --output-dir, whose other files this run writes itself
+        maps.folder.remove((maps.folder.written() & set(maps.names.values())) - {maps.names[p] for p in views})
         self.notes.append(f"wrote {len(views)} gradient maps (the lowest {self.args.quality_group} quality first) "
                           f"to {maps.folder.path}: crop | |dL/dx| on one colour scale for all")
 
