@@ -26,6 +26,12 @@ def _digest(images) -> str:
     return h.hexdigest()
 
 
+def _pixel_feature(image: np.ndarray) -> np.ndarray:
+    """Raw-pixel identity feature: the face crop in Lab, downsampled and standardised."""
+    lab = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[CROP].astype(np.float32), (18, 20), interpolation=cv2.INTER_AREA)
+    return ((lab - lab.mean()) / (lab.std() + 1e-6)).ravel()
+
+
 def _laplacian_var(image: np.ndarray) -> float:
     return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
 
@@ -119,12 +125,7 @@ def test_identities_distinct_and_stable_under_expression_and_pose():
 def test_identities_recognisable_by_nearest_centroid():
     """Even raw pixels (Lab, face crop, standardised) recognise people well above chance under full nuisance."""
     n, k, enrol = 10, 5, 3
-
-    def feature(image):
-        lab = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[CROP].astype(np.float32), (18, 20), interpolation=cv2.INTER_AREA)
-        return ((lab - lab.mean()) / (lab.std() + 1e-6)).ravel()
-
-    x = np.array([[feature(S.render(0, i, j)) for j in range(k)] for i in range(n)])
+    x = np.array([[_pixel_feature(S.render(0, i, j)) for j in range(k)] for i in range(n)])
     centroids = x[:, :enrol].mean(1)
     probes = x[:, enrol:].reshape(-1, x.shape[-1])
     labels = np.repeat(np.arange(n), k - enrol)
@@ -252,3 +253,55 @@ def test_write_demo_folder(tmp_path):
         assert (row["role"], row["degradation"], int(row["severity"]), int(row["identity"])) == (
             record.role, record.kind, record.severity, record.identity)
         assert np.array_equal(cv2.imread(str(tmp_path / "demo" / row["file"])), record.image)  # PNG is lossless
+
+
+# ---------------------------------------------------------------- the wide world
+
+
+def test_wide_world_leaves_the_standard_world_alone_and_draws_its_own():
+    for identity, sample in [(0, 0), (5, 3), (1000001, 7)]:
+        standard = S.sample_nuisance(0, identity, sample)
+        assert S.sample_nuisance(0, identity, sample, "standard") == standard
+        assert (standard.age, standard.sunglasses, standard.cap) == (0.0, False, None)
+        wide = S.sample_nuisance(0, identity, sample, "wide")
+        assert wide == S.sample_nuisance(0, identity, sample, "wide")
+        assert wide.seed == standard.seed and wide.yaw != standard.yaw  # same background and sensor, other pose
+    a = S.SyntheticFaces(2, 3, world="wide")
+    assert _digest(a[i][0] for i in range(6)) == _digest(S.SyntheticFaces(2, 3, world="wide")[i][0] for i in range(6))
+    assert _digest(a[i][0] for i in range(6)) != _digest(S.SyntheticFaces(2, 3)[i][0] for i in range(6))
+    with pytest.raises(ValueError, match="unknown world"):
+        S.sample_nuisance(0, 0, 0, "hard")
+    with pytest.raises(ValueError, match="unknown world"):
+        S.SyntheticFaces(2, 2, world="hard")
+
+
+def test_wide_world_ages_people_and_puts_on_accessories():
+    draws = [S.sample_nuisance(0, i, s, "wide") for i in range(40) for s in range(16)]
+    ages = np.array([d.age for d in draws])
+    assert ages.min() < -0.9 and ages.max() > 0.9
+    assert 0.04 < np.mean([d.sunglasses for d in draws]) < 0.12
+    assert 0.06 < np.mean([d.cap is not None for d in draws]) < 0.14
+    person = S.sample_identity(0, 4)
+    young = S.draw_face(person, dataclasses.replace(S.neutral_nuisance(1), age=-1.0))
+    old = S.draw_face(person, dataclasses.replace(S.neutral_nuisance(1), age=1.0))
+    shades = S.draw_face(person, dataclasses.replace(S.neutral_nuisance(1), sunglasses=True))
+    eyes = (slice(44, 58), slice(28, 84))
+    assert np.abs(young.astype(int) - old.astype(int))[CROP].mean() > 2.0
+    assert shades[eyes].mean() < 0.7 * S.draw_face(person, S.neutral_nuisance(1))[eyes].mean()
+
+
+def test_wide_world_is_harder_to_recognise_from_raw_pixels():
+    """The same people under the wide world's nuisance are harder for a raw-pixel nearest centroid."""
+    n, k, enrol = 20, 6, 3
+
+    def accuracy(world: str) -> float:
+        x = np.array([[_pixel_feature(S.draw_face(S.sample_identity(0, i), S.sample_nuisance(0, i, j, world))) for j in range(k)]
+                      for i in range(n)])
+        centroids = x[:, :enrol].mean(1)
+        probes = x[:, enrol:].reshape(-1, x.shape[-1])
+        predicted = np.argmin(((probes[:, None] - centroids[None]) ** 2).sum(-1), 1)
+        return float((predicted == np.repeat(np.arange(n), k - enrol)).mean())
+
+    standard, wide = accuracy("standard"), accuracy("wide")
+    print(f"raw-pixel nearest-centroid accuracy: standard {standard:.2f}, wide {wide:.2f}")
+    assert wide < standard - 0.1

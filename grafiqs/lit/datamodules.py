@@ -37,7 +37,7 @@ import time
 import warnings
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import lightning as L
 import numpy as np
@@ -423,7 +423,9 @@ class SyntheticFacesDataModule(FaceDataModule):
     `val_identities` people starting at `val_identity_offset` (never seen in training): one clean
     enrolment each and `val_probes_per_identity` probes, each clean (severity 0) and degraded by
     every kind in `val_kinds` at every severity in `val_severities`; every probe is compared
-    with every enrolment (or `val_nonmated_per_probe` sampled non-mated ones).
+    with every enrolment (or `val_nonmated_per_probe` sampled non-mated ones). `world`: the
+    nuisance distribution of training and validation images ("standard" or "wide": harder pose,
+    expression and light, ageing, sunglasses and caps).
     """
 
     def __init__(
@@ -444,6 +446,7 @@ class SyntheticFacesDataModule(FaceDataModule):
         val_batch_size: int | None = None,
         calibration_batch_size: int | None = None,
         pin_memory: bool | None = None,
+        world: Literal["standard", "wide"] = "standard",
     ):
         super().__init__(batch_size, num_workers, augmentations, augmentation_seed, val_batch_size, calibration_batch_size, pin_memory)
         if val_identity_offset < num_identities:
@@ -460,6 +463,7 @@ class SyntheticFacesDataModule(FaceDataModule):
         self.val_kinds = list(DEGRADATIONS if val_kinds is None else val_kinds)
         self.val_severities = list((0, 1) if val_severities is None else val_severities)
         self.val_nonmated_per_probe = val_nonmated_per_probe
+        self.world = world
 
     @property
     def colour_order(self) -> str:
@@ -470,7 +474,7 @@ class SyntheticFacesDataModule(FaceDataModule):
         return self.num_identities
 
     def _raw_train_dataset(self) -> Dataset:
-        return SyntheticFaces(self.num_identities, self.images_per_identity, seed=self.seed)
+        return SyntheticFaces(self.num_identities, self.images_per_identity, seed=self.seed, world=self.world)
 
     def _make_val_sets(self) -> list[PairImages]:
         if self.val_identities < 2:
@@ -482,6 +486,7 @@ class SyntheticFacesDataModule(FaceDataModule):
             kinds=self.val_kinds,
             severities=self.val_severities,
             probes_per_identity=self.val_probes_per_identity,
+            world=self.world,
         )
         probe, enrol, mated = verification_pairs(records, self.val_nonmated_per_probe, seed=self.seed)
         return [PairImages("synthetic", np.stack([probe, enrol], axis=1), mated, [r.image for r in records])]

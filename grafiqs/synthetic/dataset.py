@@ -6,6 +6,7 @@ from collections.abc import Callable
 from torch.utils.data import Dataset
 
 from grafiqs.synthetic.identities import (
+    WORLDS,
     IdentityParams,
     sample_identity,
     sample_nuisance,
@@ -20,7 +21,8 @@ class SyntheticFaces(Dataset):
     Item i is sample `i % images_per_identity` of identity `identity_offset + i // images_per_identity`
     and comes back as (image, label): image is the uint8 112x112x3 BGR array, or `transform(image)`;
     label is the local identity index `i // images_per_identity` (0-based, for a classifier head).
-    Disjoint `identity_offset` ranges give disjoint people (e.g. training vs held-out).
+    Disjoint `identity_offset` ranges give disjoint people (e.g. training vs held-out);
+    `world` picks the nuisance distribution (identities.WORLDS).
     """
 
     def __init__(
@@ -30,10 +32,14 @@ class SyntheticFaces(Dataset):
         seed: int = 0,
         identity_offset: int = 0,
         transform: Callable | None = None,
+        world: str = "standard",
     ):
         if num_identities < 1 or images_per_identity < 1:
             raise ValueError("num_identities and images_per_identity must be >= 1")
         _check_key(seed=seed, identity_offset=identity_offset)
+        if world not in WORLDS:
+            raise ValueError(f"unknown world {world!r}; choose from {', '.join(WORLDS)}")
+        self.world = world
         self.num_identities = int(num_identities)
         self.images_per_identity = int(images_per_identity)
         self.seed = int(seed)
@@ -60,5 +66,5 @@ class SyntheticFaces(Dataset):
             if len(self._identity_cache) > 4096:
                 self._identity_cache.clear()
             params = self._identity_cache[identity] = sample_identity(self.seed, identity)
-        image = draw_face(params, sample_nuisance(self.seed, identity, sample))
+        image = draw_face(params, sample_nuisance(self.seed, identity, sample, self.world))
         return (self.transform(image) if self.transform is not None else image), label

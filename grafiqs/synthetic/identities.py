@@ -4,7 +4,10 @@
   tone, eye/brow/nose/mouth geometry and colour, hair style and colour, beard, glasses,
   moles), so a small CNN has something to learn and identities are clearly distinct;
 * each sample adds nuisance (roll, yaw/pitch-like feature shifts, expression,
-  illumination, background, sensor noise), so there is within-identity variation.
+  illumination, background, sensor noise), so there is within-identity variation;
+* the "wide" world (`world="wide"`) draws the same people under a harder nuisance: wider
+  pose, stronger expression and harsher light, ageing of the person between photos, and
+  per-photo sunglasses and caps, a world in which recognition has more to learn.
 
 Parameters are in canonical 112x112 pixel coordinates (x right, y down), a pure function of
 (seed, identity) or (seed, identity, sample).
@@ -12,12 +15,13 @@ Parameters are in canonical 112x112 pixel coordinates (x right, y down), a pure 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from grafiqs.synthetic.seeds import _TAG_IDENTITY, _TAG_NUISANCE, _check_key, _rng
+from grafiqs.synthetic.seeds import _TAG_IDENTITY, _TAG_NUISANCE, _TAG_WIDE, _check_key, _rng
 
+WORLDS = ("standard", "wide")  # nuisance distributions of sample_nuisance
 HAIR_STYLES = ("bald", "buzz", "short", "fringe", "long", "curly")
 _HAIR_STYLE_P = (0.08, 0.14, 0.28, 0.16, 0.22, 0.12)
 
@@ -101,6 +105,10 @@ class NuisanceParams:
     blur: float  # sigma of a mild optical blur
     sensor_noise: float  # std in grey levels
     seed: int  # background, texture offsets and sensor noise
+    # the wide world only (the defaults draw nothing):
+    age: float = 0.0  # -1 younger .. 1 older than the identity's own parameters
+    sunglasses: bool = False
+    cap: tuple | None = None  # BGR colour of a cap over the hairline, None for no cap
 
 
 _SKIN_STOPS = np.array([[50, 70, 108], [78, 112, 162], [118, 156, 208], [160, 188, 232]], np.float64)
@@ -187,9 +195,11 @@ def sample_identity(seed: int, identity: int) -> IdentityParams:
     )
 
 
-def sample_nuisance(seed: int, identity: int, sample: int) -> NuisanceParams:
-    """Deterministic per-image nuisance for (seed, identity, sample)."""
+def sample_nuisance(seed: int, identity: int, sample: int, world: str = "standard") -> NuisanceParams:
+    """Deterministic per-image nuisance for (seed, identity, sample) in `world` (one of WORLDS)."""
     _check_key(seed=seed, identity=identity, sample=sample)
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose from {', '.join(WORLDS)}")
     r = _rng(_TAG_NUISANCE, seed, identity, sample)
     v = iter(r.random(32).tolist())  # one call: scalar Generator calls cost microseconds each
 
@@ -199,7 +209,7 @@ def sample_nuisance(seed: int, identity: int, sample: int) -> NuisanceParams:
     roll = float(np.clip(r.standard_normal() * 4.0, -10, 10))
     az = u(-math.pi, 0) if u() < 0.85 else u(-math.pi, math.pi)  # mostly from above
     blink = u() < 0.05
-    return NuisanceParams(
+    standard = NuisanceParams(
         roll=roll,
         yaw=u(-0.35, 0.35),
         pitch=u(-0.2, 0.2),
@@ -223,6 +233,40 @@ def sample_nuisance(seed: int, identity: int, sample: int) -> NuisanceParams:
         blur=u(0.25, 0.6),
         sensor_noise=u(1.0, 3.0),
         seed=int(r.integers(0, 2**62)),
+    )
+    return standard if world == "standard" else _widen(standard, seed, identity, sample)
+
+
+def _widen(standard: NuisanceParams, seed: int, identity: int, sample: int) -> NuisanceParams:
+    """The wide world's nuisance: the standard draw's background, gaze and sensor, the rest harder.
+
+    From its own random stream, so the standard world's images stay what they were.
+    """
+    r = _rng(_TAG_WIDE, seed, identity, sample)
+    v = iter(r.random(24).tolist())
+
+    def u(lo: float = 0.0, hi: float = 1.0) -> float:
+        return lo + (hi - lo) * next(v)
+
+    return replace(
+        standard,
+        roll=float(np.clip(r.standard_normal() * 7.0, -20, 20)),
+        yaw=u(-0.8, 0.8),
+        pitch=u(-0.45, 0.45),
+        scale=u(0.92, 1.08),
+        tx=u(-3.5, 3.5),
+        ty=u(-3.5, 3.5),
+        mouth_open=u() ** 1.5,
+        smile=u(-0.6, 1.4),
+        brow_raise=u(-1.5, 4.0),
+        light_elev=u(0.15, 1.2),
+        ambient=u(0.15, 0.65),
+        diffuse=u(0.3, 1.0),
+        exposure=u(0.75, 1.5),
+        light_gradient=u(0.0, 0.6),
+        age=u(-1.0, 1.0),
+        sunglasses=u() < 0.08,
+        cap=_color(np.array([u(0, 255), u(0, 255), u(0, 255)]) * u(0.3, 1.0)) if u() < 0.1 else None,
     )
 
 

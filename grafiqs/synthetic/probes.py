@@ -45,6 +45,7 @@ def make_verification_probes(
     probes_per_identity: int = 2,
     one_per_probe: bool = False,
     severity_weights: Sequence[float] | None = None,
+    world: str = "standard",
 ) -> list[VerificationRecord]:
     """Clean enrolments and degraded probes of held-out identities `identity_offset ..`.
 
@@ -69,9 +70,9 @@ def make_verification_probes(
         identity = identity_offset + local
         params = sample_identity(seed, identity)
         for sample in range(enrol_per_identity):
-            records.append(VerificationRecord(draw_face(params, sample_nuisance(seed, identity, sample)), identity, "enrol", "none", 0, sample))
+            records.append(VerificationRecord(draw_face(params, sample_nuisance(seed, identity, sample, world)), identity, "enrol", "none", 0, sample))
         for sample in range(enrol_per_identity, enrol_per_identity + probes_per_identity):
-            base = draw_face(params, sample_nuisance(seed, identity, sample))
+            base = draw_face(params, sample_nuisance(seed, identity, sample, world))
             if one_per_probe:
                 r = np.random.default_rng(np.random.SeedSequence([_TAG_DEGRADE, seed, identity, sample, 0xA5]))
                 severity, kind = int(r.choice(severities, p=chances)), str(r.choice(list(kinds)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -206,9 +207,30 @@ _HAIRLINE_T = np.linspace(0, -math.pi, 19)
 _U9, _U13, _U15 = np.linspace(-1, 1, 9), np.linspace(-1, 1, 13), np.linspace(-1, 1, 15)
 
 
+_GREY_HAIR = (150.0, 150.0, 152.0)
+
+
+def _aged(ip: IdentityParams, age: float) -> IdentityParams:
+    """The person `age` (-1 .. 1) younger or older: weight, greying and receding hair, drier skin, heavier lids."""
+    old = max(age, 0.0)
+    return replace(
+        ip,
+        face_a=ip.face_a * (1 + 0.04 * age),
+        jaw=min(0.98, ip.jaw + 0.06 * age),
+        hair=_mix(ip.hair, _GREY_HAIR, 0.75 * old**1.5),
+        hairline=ip.hairline + 5.0 * old,
+        hair_recede=ip.hair_recede + 5.0 * old,
+        skin_texture=ip.skin_texture * (1 + 0.7 * old),
+        brow_density=ip.brow_density * (1 - 0.25 * old),
+        eye_h=ip.eye_h * (1 - 0.12 * old),
+    )
+
+
 def draw_face(identity_params: IdentityParams, nuisance_params: NuisanceParams) -> np.ndarray:
     """Render one 112x112 BGR uint8 face image of `identity_params` under `nuisance_params`."""
     ip, nu = identity_params, nuisance_params
+    if nu.age:
+        ip = _aged(ip, nu.age)
     r = np.random.default_rng(nu.seed)
     bank = _bank()
     cv = _Canvas()
@@ -388,6 +410,19 @@ def draw_face(identity_params: IdentityParams, nuisance_params: NuisanceParams) 
     for x, y, rad in ip.moles:
         cv.ellipse(feat(x, y, 0.4), (rad, rad), 0, _scale(skin, 0.45), _aux())
 
+    if nu.age > 0.3:  # wrinkles: forehead lines, nasolabial folds, crow's feet
+        depth = 0.12 * (nu.age - 0.3) / 0.7
+        brow_y = ip.eye_y - ip.brow_gap
+        for k in range(3):
+            y = brow_y - 6.0 - 4.0 * k
+            cv.shade_line([feat(56 + x, y + 0.8 * abs(x) / 10, 0.4) for x in (-14.0, -5.0, 5.0, 14.0)], depth, 1.0)
+        for s in (-1, 1):
+            cv.shade_line([feat(56 + s * (ip.nose_w + 2), ip.nose_y + 1, 0.8), feat(56 + s * (ip.mouth_w + 2.5), ip.mouth_y + 3, 0.5)],
+                          1.5 * depth, 1.4)
+            ex, ey = feat(56 + s * (ip.eye_dx + ip.eye_w + 2.5), ip.eye_y, 0.4)
+            for dy in (-2.0, 0.0, 2.0):
+                cv.shade_line([[ex, ey + dy * 0.6], [ex + s * 3.5, ey + dy]], depth, 0.8)
+
     # --- front hair
     if style != "bald":
         cap_vol = 1.0 if style == "buzz" else vol
@@ -430,6 +465,21 @@ def draw_face(identity_params: IdentityParams, nuisance_params: NuisanceParams) 
             cv.line([[gx + s * gw, gy - 1], [fcx + s * a * 0.98, gy - 0.5]], gcol, _aux(), 0.8)
             cv.shade_ellipse((gx, gy + gh + 1.5), (gw * 0.7, 1.0), 0.1)
         cv.line([[centers[0][0] + ip.eye_w + 3.2, centers[0][1] - 1], [centers[1][0] - ip.eye_w - 3.2, centers[1][1] - 1]], gcol, _aux(), 0.8)
+
+    # --- the wide world's accessories of one photo
+    if nu.sunglasses:
+        centers = [feat(56 + s * ip.eye_dx, ip.eye_y, 0.55) for s in (-1, 1)]
+        for s, (gx, gy) in zip((-1, 1), centers):
+            gw = (ip.eye_w + 4.0) * (1 - 0.3 * yaw * s)
+            cv.ellipse((gx, gy + 1.0), (gw, ip.eye_w + 2.0), 0, (28.0, 26.0, 30.0), _aux())
+            cv.line([[gx + s * gw, gy - 1], [fcx + s * a * 0.98, gy - 0.5]], (20.0, 20.0, 22.0), _aux(), 1.0)
+        cv.line([[centers[0][0] + ip.eye_w + 3.5, centers[0][1] - 1], [centers[1][0] - ip.eye_w - 3.5, centers[1][1] - 1]], (20.0, 20.0, 22.0), _aux(), 1.0)
+    if nu.cap is not None:
+        band_y = feat(56, ip.hairline, 0.3)[1] + 5.0
+        crown = _arc(fcx, band_y, a + 3.0, ip.face_b_top * 0.75 + 4.0, math.pi, 2 * math.pi, 20)
+        cv.poly(crown, nu.cap, _aux(skin=0.06))
+        cv.ellipse((fcx + yaw * 6.0, band_y + 1.0), (a * 0.95, 3.5), 0, _scale(nu.cap, 0.8), _aux(skin=0.04))
+        cv.shade_ellipse((fcx + yaw * 6.0, band_y + 6.0), (a * 0.8, 4.0), 0.25)
 
     return _finish(cv, ip, nu, r, bank, fcx, lx, ly, lz, style)
 

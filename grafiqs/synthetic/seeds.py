@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 # Keys put first in every SeedSequence, so the random streams never collide.
-_TAG_IDENTITY, _TAG_NUISANCE, _TAG_DEGRADE, _TAG_PAIRS = 0x1D, 0x2E, 0x3F, 0x4A
+_TAG_IDENTITY, _TAG_NUISANCE, _TAG_DEGRADE, _TAG_PAIRS, _TAG_WIDE = 0x1D, 0x2E, 0x3F, 0x4A, 0x5B
 
 
 def _rng(*key: int) -> np.random.Generator:
