@@ -5,6 +5,7 @@
 Held-out synthetic identities (default: the demo's 100 people at offset 1,000,000, and 400 more from 3,000,000),
 one clean enrolment and `--probes` clean probes each, every probe against every enrolment; cosine of the
 embeddings with the flipped image's added (as training validation does). Colour order from each checkpoint.
+`--world wide`: the same people photographed in the wide world (harder pose, light, ageing, accessories).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from grafiqs.data.decode import normalize, to_model_tensor
 from grafiqs.lit.fr_module import kfold_accuracy, tar_at_fmr
 from grafiqs.models.loading import load_backbone_and_metadata
 from grafiqs.synthetic import make_verification_probes, verification_pairs
+from grafiqs.synthetic.identities import WORLDS
 
 
 @torch.no_grad()
@@ -35,11 +37,13 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--offset", type=int, default=1_000_000)
     parser.add_argument("--probes", type=int, default=2)
+    parser.add_argument("--world", default="standard", choices=WORLDS)
     args = parser.parse_args()
     records = make_verification_probes(args.identities, identity_offset=args.offset, severities=(0,),
-                                       probes_per_identity=args.probes)
+                                       probes_per_identity=args.probes, world=args.world)
     probe, enrol, mated = verification_pairs(records)
-    print(f"{args.identities} identities from {args.offset}: {int(mated.sum())} mated, {int((~mated).sum())} non-mated pairs")
+    print(f"{args.identities} identities from {args.offset}, {args.world} world: {int(mated.sum())} mated, "
+          f"{int((~mated).sum())} non-mated pairs")
     for weights in args.weights:
         model, metadata = load_backbone_and_metadata(None, weights)
         embeddings = embed(model.eval(), [r.image for r in records], rgb=(metadata or {}).get("colour_order") == "rgb")
