@@ -482,7 +482,8 @@ def test_sigterm_while_the_demo_draws_its_set_stops_with_a_message_and_leaves_no
 
 
 @pytest.mark.parametrize("option", [["--batch-size", "99999999999999999999"], ["--output-dir", ""],
-                                    ["--save-aligned", "", "--align"]])
+                                    ["--save-aligned", "", "--align"], ["--devices", "99999999999999999999"],
+                                    ["--devices", "0,99999999999999999999"]])
 def test_absurd_values_are_refused_before_anything_is_created(tmp_path, tiny_weights, faces, option, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from grafiqs.cli.score import main
