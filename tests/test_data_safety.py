@@ -387,6 +387,11 @@ def test_a_damaged_ledger_says_so_and_how_to_recover_even_with_overwrite(tmp_pat
     err = capsys.readouterr().err
     assert "is damaged" in err and "delete its .grafiqs folder" in err and len(err.strip().splitlines()) == 1
     assert (out / "scores.csv").exists()
+    ledger.write_text("")  # emptied: it says so, not that the files beside it are someone else's
+    assert score(faces, out, tiny_weights, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "is damaged: it is empty" in err and "delete its .grafiqs folder" in err and "not written by" not in err
+    assert (out / "scores.csv").exists()
 
 
 def test_state_files_are_never_reached_through_a_link(tmp_path, tiny_weights, faces, capsys):
