@@ -3,6 +3,7 @@ lost, nothing hangs, results of different weights, settings or files never mix, 
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -436,6 +437,50 @@ def test_crops_saved_into_the_output_folder_never_become_inputs_and_never_collid
     assert {"clean.jpg.png", "clean.jpg.2.png"} <= set(crops) and len(crops) == len(rows)
 
 
+POINTS = "38.29,51.70,73.53,51.50,56.03,71.74,41.55,92.37,70.73,92.20"
+
+
+def landmarks_for(folder: Path, out: Path) -> Path:
+    out.write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\n" + "".join(f"{p.name},{POINTS}\n" for p in folder.iterdir()))
+    return out
+
+
+def test_the_programs_own_files_in_the_scored_folder_are_never_inputs(tmp_path, tiny_weights, faces):
+    """--save-aligned or --output-dir naming the scored folder itself: the crops and the contact sheet the program
+    wrote there are left out of every later run, flat and --recursive; the user's images there are all scored."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "photo.jpg").write_bytes(cv2.imencode(".jpg", cv2.imread(str(faces / "clean.png")))[1].tobytes())
+    landmarks = landmarks_for(photos, tmp_path / "points.csv")
+    for _ in range(2):
+        assert score(photos, tmp_path / "out", tiny_weights, "--landmarks", landmarks, "--save-aligned", photos) == 0
+        assert [Path(r["path"]).name for r in read_csv(tmp_path / "out" / "scores.csv")] == ["photo.jpg"]
+    assert sorted(os.listdir(photos)) == [LOG_FOLDER, "photo.jpg", "photo.jpg.png"]
+    for extra in (["--contact-sheet"], ["--recursive"]):
+        out = tmp_path / extra[0].strip("-")
+        shutil.copytree(faces, out)
+        for _ in range(2):
+            assert score(out, out, tiny_weights, *extra) == 0
+            assert sorted(Path(r["path"]).name for r in read_csv(out / "scores.csv")) == sorted(FACES)
+
+
+def test_a_crop_name_an_earlier_run_gave_is_never_given_to_another_image(tmp_path, tiny_weights, faces):
+    """A resumed run keeps the crop names of the images scored before: `a.jpg` added beside `a.jpg.png` after the
+    latter's crop was saved as `a.jpg.png` gets `a.jpg.2.png`, whatever the order of their names."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(faces / "blur_3.png", photos / "a.jpg.png")
+    landmarks = tmp_path / "points.csv"
+    landmarks.write_text(f"path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na.jpg.png,{POINTS}\na.jpg,{POINTS}\n")
+    crops = tmp_path / "crops"
+    assert score(photos, tmp_path / "out", tiny_weights, "--landmarks", landmarks, "--save-aligned", crops) == 0
+    first = (crops / "a.jpg.png").read_bytes()
+    (photos / "a.jpg").write_bytes(cv2.imencode(".jpg", cv2.imread(str(faces / "clean.png")))[1].tobytes())
+    assert score(photos, tmp_path / "out", tiny_weights, "--landmarks", landmarks, "--save-aligned", crops) == 0
+    assert sorted(p.name for p in crops.glob("*.png")) == ["a.jpg.2.png", "a.jpg.png"]
+    assert (crops / "a.jpg.png").read_bytes() == first
+
+
 def test_a_folder_named_like_an_image_and_an_unlistable_sub_folder_are_listed_with_the_reason(
         tmp_path, tiny_weights, faces):
     (faces / "album.png").mkdir()
@@ -449,7 +494,7 @@ def test_a_folder_named_like_an_image_and_an_unlistable_sub_folder_are_listed_wi
         if os.access(locked, os.R_OK):
             pytest.skip("running as a user who reads every folder")
         assert score(faces, tmp_path / "deep", tiny_weights, "--recursive") == 0
-        assert any("locked" in r["path"] and "cannot be listed" in r["reason"]
+        assert any("locked" in r["path"] and "locked: folder cannot be listed" in r["reason"]
                    for r in read_csv(tmp_path / "deep" / "errors.csv"))
     finally:
         locked.chmod(0o755)

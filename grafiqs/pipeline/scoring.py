@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from grafiqs.errors import ImageError, InputError
 from grafiqs.io.ledger import OutputFolder, is_primary_process
@@ -78,7 +78,7 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
 
     module = None
     if todo:
-        crops = plan_crops(args, todo) if args.save_aligned else None
+        crops = plan_crops(args, todo, done) if args.save_aligned else None
 
         def make_module(trainer):
             choice = compile_choice(args, torch, backbone, accelerator, -(-len(todo) // trainer.world_size),
@@ -227,10 +227,11 @@ def make_aligner(args):
     return FaceAligner(landmarks, select=args.select_face, detect=args.align)
 
 
-def crop_names(paths: list[str], root: Path) -> dict[str, str]:
+def crop_names(paths: list[str], root: Path, taken_names: Iterable[str] = ()) -> dict[str, str]:
     """--save-aligned: each path's PNG name under the folder (its relative path, `.png` appended unless it is a PNG
-    already); where two paths would share a name (`a.jpg` and `a.jpg.png`), the later one gets `a.jpg.2.png`."""
-    names, taken = {}, set()
+    already); where two paths would share a name (`a.jpg` and `a.jpg.png`), the later one gets `a.jpg.2.png`, and
+    so does one whose name `taken_names` holds (the crops of images an earlier run saved)."""
+    names, taken = {}, {name.lower() for name in taken_names}
     for path in sorted(paths):
         name = os.path.relpath(path, root)
         stem = name[:-4] if name.lower().endswith(".png") else name
@@ -243,14 +244,17 @@ def crop_names(paths: list[str], root: Path) -> dict[str, str]:
     return names
 
 
-def plan_crops(args, paths: list[str]) -> dict[str, Path]:
+def plan_crops(args, paths: list[str], done: dict[str, dict]) -> dict[str, Path]:
     """Where each path's aligned crop goes: a folder the program owns like --output-dir (files it did not write are
-    never replaced; every crop written is recorded in its ledger, by any process)."""
+    never replaced; every crop written is recorded in its ledger, by any process). The crops of images scored
+    before (`done`: their log records name them) keep their names, which no other image's crop takes."""
     from grafiqs.io.ledger import OutputFolder
 
     root = Path(args.image_path) if Path(args.image_path).is_dir() else Path(args.image_path).parent
-    names = crop_names(paths, root)
     folder = OutputFolder(args.save_aligned, "--save-aligned")
+    saved = (os.path.relpath(record["crop"], folder.path) for record in done.values() if "scores" in record
+             and isinstance(record.get("crop"), str))
+    names = crop_names(paths, root, [name for name in saved if Path(name).parts[0] != ".."])
     if is_primary_process():
         folder.claim(names.values())
     else:
