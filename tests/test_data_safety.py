@@ -84,6 +84,13 @@ def test_a_drawn_set_is_reused_replaced_for_another_spec_and_then_guarded(tmp_pa
     with pytest.raises(InputError, match="added_by_user.png"):
         prepare_synthetic_set(folder, TINY_SET, progress=False)
     assert (folder / "added_by_user.png").read_bytes() == b"x" and len(list(folder.glob("*.png"))) == bigger.size + 1
+    (folder / "added_by_user.png").unlink()
+    (folder / LOG_FOLDER / "notes.txt").write_text("mine")  # a file of the user's in the set's state folder ...
+    drawn = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with pytest.raises(InputError, match=f"{LOG_FOLDER}/notes.txt"):  # ... refused before anything is deleted
+        prepare_synthetic_set(folder, TINY_SET, progress=False)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == drawn
+    assert (folder / LOG_FOLDER / "notes.txt").read_text() == "mine"
 
 
 def test_the_benchmark_never_deletes_a_data_folder_or_overwrites_an_output(tmp_path, tiny_weights):
@@ -518,6 +525,13 @@ def test_the_demo_checks_its_output_folder_before_drawing_and_gives_advice_that_
     err = capsys.readouterr().err
     assert "the demo always writes to outputs/demo" in err and "images" not in os.listdir(tmp_path / "outputs" / "demo")
     assert os.listdir(tmp_path / "outputs") == ["demo"]
+    (tmp_path / "outputs" / "demo" / "scores.csv").unlink()
+    (tmp_path / "outputs" / "demo" / "images").mkdir()
+    (tmp_path / "outputs" / "demo" / "images" / "holiday.png").write_bytes(b"a user's picture")
+    assert main([]) == 2  # a user's photos where the demo draws: the advice is one that demo mode can follow
+    err = capsys.readouterr().err
+    assert "holiday.png" in err and "run the demo in another working folder" in err and "choose an empty" not in err
+    assert os.listdir(tmp_path / "outputs" / "demo" / "images") == ["holiday.png"]
 
 
 def test_sigterm_while_the_demo_draws_its_set_stops_with_a_message_and_leaves_nothing(tmp_path):

@@ -28,6 +28,8 @@ GRADIENT_MAPS = 16  # --save-gradient-maps without --gradient-maps: the 16 lowes
 LANDMARK_COLUMNS = [f"{axis}{i}" for i in range(1, 6) for axis in "xy"] + ["detection_confidence"]
 DEMO_ADVICE = ("move them away (the demo always writes to outputs/demo; score your own folder with --image-path, "
                "--weights and --output-dir)")
+DEMO_SET_ADVICE = ("move them away, or run the demo in another working folder (it always draws its set into "
+                   "outputs/demo/images there; score your own folder with --image-path and --weights)")
 
 
 def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict | None:
@@ -341,7 +343,7 @@ def prepare_demo(args, say: Callable[[str], None] = print) -> None:
     from grafiqs.synthetic.drawn_set import prepare_synthetic_set
 
     args.drawing = True
-    folder = prepare_synthetic_set(Path(args.output_dir) / "images", DEMO_SET)
+    folder = prepare_synthetic_set(Path(args.output_dir) / "images", DEMO_SET, advice=DEMO_SET_ADVICE)
     args.drawing = False
     args.image_path, args.weights, args.save_embeddings = str(folder), str(DEMO_WEIGHTS), True
     if args.compile == "auto":
