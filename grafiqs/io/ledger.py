@@ -148,8 +148,9 @@ class OutputFolder:
         atomic.register_folder(self.path, self)
 
     def adopt(self, names: Iterable[str]) -> None:
-        """Record files this program has just written into a folder it created itself and no one else knows
-        (a fresh temporary folder, e.g. a synthetic set being drawn), as if each had been written through it."""
+        """Record files as if each had been written through this folder: files this program has just written into a
+        folder it created itself and no one else knows (a fresh temporary folder, e.g. a synthetic set being drawn),
+        or a checkpoint the user resumes from, checked to be the program's (train_fr.py --ckpt_path)."""
         self.log_dir.mkdir(exist_ok=True)
         self._check_state_folder()
         for name in sorted(set(names) - {LOG_FOLDER}):
