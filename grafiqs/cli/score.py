@@ -85,7 +85,8 @@ def devices_value(text: str) -> str:
     if text == "auto" or text == "-1" or ("," not in text and text.isdigit() and 0 < int(text) <= 2**16) or (
             "," in text and all(t.isdigit() and int(t) <= 2**16 for t in items if t) and any(items)):
         return text
-    raise argparse.ArgumentTypeError(f"{text!r}: give a number of devices from 1 to 65536, -1 for all, auto, or indices like 0,1")
+    raise argparse.ArgumentTypeError(f"{text!r}: give a number of devices from 1 to 65536, -1 for all, auto, or "
+                                     "indices like 0,1")
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")

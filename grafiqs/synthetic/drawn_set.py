@@ -75,7 +75,8 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
         try:
             foreign = sorted(present - drawn.written())
             if os.path.isdir(folder / LOG_FOLDER):  # not a link: written() refuses one
-                foreign += sorted(f"{LOG_FOLDER}/{name}" for name in set(os.listdir(folder / LOG_FOLDER)) - set(STATE_FILES))
+                state = set(os.listdir(folder / LOG_FOLDER)) - set(STATE_FILES)
+                foreign += sorted(f"{LOG_FOLDER}/{name}" for name in state)
         except InputError:  # a damaged or foreign ledger proves nothing
             foreign = sorted(present) or [LOG_FOLDER]
         if foreign:
