@@ -22,7 +22,9 @@ checkpoint's runs (same W&B run id) unless a `version`/`id` is given. The whole 
 configuration (trainer, data, model, callbacks) is sent to every logger and written to the log
 folder as `config.yaml`, or as `config-1.yaml`, ... when a `config.yaml` there is not one this
 program wrote. The exported `backbone.pth`, `backbone.ckpt` and `grafiqs.ckpt` never replace
-files the program did not write (`ExportBackbone` claims its folder when fit starts).
+files the program did not write (`ExportBackbone` claims its folder when fit starts), and neither do
+the checkpoints (`LedgeredCheckpoints`: someone else's `last.ckpt` in a ModelCheckpoint folder refuses
+the run before anything is created; the `--ckpt_path` checkpoint is adopted and replaced by its continuation).
 
 Bad input (a typo'd option, a corrupt `.bin` validation set, a missing data folder, a foreign
 checkpoint, someone else's file where the export goes, ...) ends with one `error: ...` line on
@@ -49,7 +51,7 @@ from grafiqs.errors import GrafiqsError, InputError  # noqa: E402
 from grafiqs.io.atomic import atomic_write_text  # noqa: E402
 from grafiqs.io.ledger import OutputFolder  # noqa: E402
 from grafiqs.io.reading import TEXT_FILE_LIMIT, open_regular  # noqa: E402
-from grafiqs.lit.callbacks import EpochEndLastCheckpoint, on_rank_zero_for_all  # noqa: E402
+from grafiqs.lit.callbacks import EpochEndLastCheckpoint, LedgeredCheckpoints, on_rank_zero_for_all  # noqa: E402
 from grafiqs.lit.datamodules import FaceDataModule  # noqa: E402
 from grafiqs.lit.fr_module import RUN_KEY, FaceRecognitionModule  # noqa: E402
 from grafiqs.models.iresnet import ARCHITECTURES, DEFAULT_WIDTHS  # noqa: E402
@@ -313,7 +315,14 @@ class FaceRecognitionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         if self.resume is not None:  # data and model exist now; refused before the Trainer starts up
             self.resume.fits(self.model)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        # the checkpoint folders are checked first, before other callbacks create files (Lightning keeps this order)
+        trainer.callbacks.sort(key=lambda callback: not isinstance(callback, LedgeredCheckpoints))
+        subcommand = self.config.get("subcommand")
+        for callback in trainer.callbacks:
+            if isinstance(callback, LedgeredCheckpoints):
+                callback.resume_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        return trainer
 
 
 def grafiqs_error_behind(error: BaseException | None) -> GrafiqsError | None:
@@ -332,7 +341,7 @@ def main(args=None) -> int:
             FaceDataModule,
             subclass_mode_data=True,
             save_config_callback=ConfigToLoggers,
-            trainer_defaults={"callbacks": [EpochEndLastCheckpoint()]},
+            trainer_defaults={"callbacks": [EpochEndLastCheckpoint(), LedgeredCheckpoints()]},
             args=args,
         )
     except Exception as error:

@@ -3,6 +3,7 @@ lost, nothing hangs, results of different weights, settings or files never mix, 
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -83,6 +84,13 @@ def test_a_drawn_set_is_reused_replaced_for_another_spec_and_then_guarded(tmp_pa
     with pytest.raises(InputError, match="added_by_user.png"):
         prepare_synthetic_set(folder, TINY_SET, progress=False)
     assert (folder / "added_by_user.png").read_bytes() == b"x" and len(list(folder.glob("*.png"))) == bigger.size + 1
+    (folder / "added_by_user.png").unlink()
+    (folder / LOG_FOLDER / "notes.txt").write_text("mine")  # a file of the user's in the set's state folder ...
+    drawn = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with pytest.raises(InputError, match=f"{LOG_FOLDER}/notes.txt"):  # ... refused before anything is deleted
+        prepare_synthetic_set(folder, TINY_SET, progress=False)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == drawn
+    assert (folder / LOG_FOLDER / "notes.txt").read_text() == "mine"
 
 
 def test_the_benchmark_never_deletes_a_data_folder_or_overwrites_an_output(tmp_path, tiny_weights):
@@ -387,6 +395,11 @@ def test_a_damaged_ledger_says_so_and_how_to_recover_even_with_overwrite(tmp_pat
     err = capsys.readouterr().err
     assert "is damaged" in err and "delete its .grafiqs folder" in err and len(err.strip().splitlines()) == 1
     assert (out / "scores.csv").exists()
+    ledger.write_text("")  # emptied: it says so, not that the files beside it are someone else's
+    assert score(faces, out, tiny_weights, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "is damaged: it is empty" in err and "delete its .grafiqs folder" in err and "not written by" not in err
+    assert (out / "scores.csv").exists()
 
 
 def test_state_files_are_never_reached_through_a_link(tmp_path, tiny_weights, faces, capsys):
@@ -431,6 +444,50 @@ def test_crops_saved_into_the_output_folder_never_become_inputs_and_never_collid
     assert {"clean.jpg.png", "clean.jpg.2.png"} <= set(crops) and len(crops) == len(rows)
 
 
+POINTS = "38.29,51.70,73.53,51.50,56.03,71.74,41.55,92.37,70.73,92.20"
+
+
+def landmarks_for(folder: Path, out: Path) -> Path:
+    out.write_text("path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\n" + "".join(f"{p.name},{POINTS}\n" for p in folder.iterdir()))
+    return out
+
+
+def test_the_programs_own_files_in_the_scored_folder_are_never_inputs(tmp_path, tiny_weights, faces):
+    """--save-aligned or --output-dir naming the scored folder itself: the crops and the contact sheet the program
+    wrote there are left out of every later run, flat and --recursive; the user's images there are all scored."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "photo.jpg").write_bytes(cv2.imencode(".jpg", cv2.imread(str(faces / "clean.png")))[1].tobytes())
+    landmarks = landmarks_for(photos, tmp_path / "points.csv")
+    for _ in range(2):
+        assert score(photos, tmp_path / "out", tiny_weights, "--landmarks", landmarks, "--save-aligned", photos) == 0
+        assert [Path(r["path"]).name for r in read_csv(tmp_path / "out" / "scores.csv")] == ["photo.jpg"]
+    assert sorted(os.listdir(photos)) == [LOG_FOLDER, "photo.jpg", "photo.jpg.png"]
+    for extra in (["--contact-sheet"], ["--recursive"]):
+        out = tmp_path / extra[0].strip("-")
+        shutil.copytree(faces, out)
+        for _ in range(2):
+            assert score(out, out, tiny_weights, *extra) == 0
+            assert sorted(Path(r["path"]).name for r in read_csv(out / "scores.csv")) == sorted(FACES)
+
+
+def test_a_crop_name_an_earlier_run_gave_is_never_given_to_another_image(tmp_path, tiny_weights, faces):
+    """A resumed run keeps the crop names of the images scored before: `a.jpg` added beside `a.jpg.png` after the
+    latter's crop was saved as `a.jpg.png` gets `a.jpg.2.png`, whatever the order of their names."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(faces / "blur_3.png", photos / "a.jpg.png")
+    landmarks = tmp_path / "points.csv"
+    landmarks.write_text(f"path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na.jpg.png,{POINTS}\na.jpg,{POINTS}\n")
+    crops = tmp_path / "crops"
+    assert score(photos, tmp_path / "out", tiny_weights, "--landmarks", landmarks, "--save-aligned", crops) == 0
+    first = (crops / "a.jpg.png").read_bytes()
+    (photos / "a.jpg").write_bytes(cv2.imencode(".jpg", cv2.imread(str(faces / "clean.png")))[1].tobytes())
+    assert score(photos, tmp_path / "out", tiny_weights, "--landmarks", landmarks, "--save-aligned", crops) == 0
+    assert sorted(p.name for p in crops.glob("*.png")) == ["a.jpg.2.png", "a.jpg.png"]
+    assert (crops / "a.jpg.png").read_bytes() == first
+
+
 def test_a_folder_named_like_an_image_and_an_unlistable_sub_folder_are_listed_with_the_reason(
         tmp_path, tiny_weights, faces):
     (faces / "album.png").mkdir()
@@ -444,7 +501,7 @@ def test_a_folder_named_like_an_image_and_an_unlistable_sub_folder_are_listed_wi
         if os.access(locked, os.R_OK):
             pytest.skip("running as a user who reads every folder")
         assert score(faces, tmp_path / "deep", tiny_weights, "--recursive") == 0
-        assert any("locked" in r["path"] and "cannot be listed" in r["reason"]
+        assert any("locked" in r["path"] and "locked: folder cannot be listed" in r["reason"]
                    for r in read_csv(tmp_path / "deep" / "errors.csv"))
     finally:
         locked.chmod(0o755)
@@ -468,6 +525,13 @@ def test_the_demo_checks_its_output_folder_before_drawing_and_gives_advice_that_
     err = capsys.readouterr().err
     assert "the demo always writes to outputs/demo" in err and "images" not in os.listdir(tmp_path / "outputs" / "demo")
     assert os.listdir(tmp_path / "outputs") == ["demo"]
+    (tmp_path / "outputs" / "demo" / "scores.csv").unlink()
+    (tmp_path / "outputs" / "demo" / "images").mkdir()
+    (tmp_path / "outputs" / "demo" / "images" / "holiday.png").write_bytes(b"a user's picture")
+    assert main([]) == 2  # a user's photos where the demo draws: the advice is one that demo mode can follow
+    err = capsys.readouterr().err
+    assert "holiday.png" in err and "run the demo in another working folder" in err and "choose an empty" not in err
+    assert os.listdir(tmp_path / "outputs" / "demo" / "images") == ["holiday.png"]
 
 
 def test_sigterm_while_the_demo_draws_its_set_stops_with_a_message_and_leaves_nothing(tmp_path):
@@ -482,7 +546,8 @@ def test_sigterm_while_the_demo_draws_its_set_stops_with_a_message_and_leaves_no
 
 
 @pytest.mark.parametrize("option", [["--batch-size", "99999999999999999999"], ["--output-dir", ""],
-                                    ["--save-aligned", "", "--align"]])
+                                    ["--save-aligned", "", "--align"], ["--devices", "99999999999999999999"],
+                                    ["--devices", "0,99999999999999999999"]])
 def test_absurd_values_are_refused_before_anything_is_created(tmp_path, tiny_weights, faces, option, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from grafiqs.cli.score import main

@@ -106,6 +106,35 @@ def test_a_finished_run_replaces_its_own_exports_and_keeps_the_users_config_yaml
     assert "config.yaml" not in ledger
 
 
+def test_a_users_last_ckpt_where_the_checkpoints_go_is_never_replaced(tmp_path, capsys):
+    """ModelCheckpoint's folder follows the ledger too: someone else's last.ckpt there refuses the run before anything
+    is created; a checkpoint of an earlier run without a ledger is adopted when resumed from, and replaced by the
+    continuation; one changed since the program wrote it is refused again."""
+    folder = tmp_path / "run"
+    config = tiny_config(folder, devices=1, max_steps=2, every_n_train_steps=1, extra_callbacks=[EXPORT])
+    last = folder / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"the user's own checkpoint")
+    before = listing(folder)
+    with no_hang(60):
+        assert fit(config) == 2
+    line = error_line(capsys)
+    assert str(last.parent) in line and "last.ckpt, not written by this program" in line
+    assert listing(folder) == before  # nothing created, the user's file as it was
+
+    last.unlink()
+    assert fit(config) == 0
+    shutil.rmtree(last.parent / ".grafiqs")  # as an earlier version of the program left it: no ledger
+    assert fit(config, "--ckpt_path", str(last), "--trainer.max_steps=4") == 0
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    with open(last, "ab") as file:
+        file.write(b"edited")
+    capsys.readouterr()
+    assert fit(config, "--trainer.max_steps=6") == 2
+    assert "last.ckpt, changed since this program wrote it" in capsys.readouterr().err
+    assert last.read_bytes().endswith(b"edited")
+
+
 # --------------------------------------------------------------------------- bad --ckpt_path and --config in one line
 
 

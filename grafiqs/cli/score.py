@@ -82,10 +82,11 @@ def _bounded_int(text: str, least: int, most: int = 2**16) -> int:
 def devices_value(text: str) -> str:
     """'auto', a positive count, -1 (all) or a comma-separated list of device indices."""
     items = [t.strip() for t in text.split(",")]
-    if text == "auto" or text == "-1" or ("," not in text and text.isdigit() and int(text) > 0) or (
-            "," in text and all(t.isdigit() for t in items if t) and any(items)):
+    if text == "auto" or text == "-1" or ("," not in text and text.isdigit() and 0 < int(text) <= 2**16) or (
+            "," in text and all(t.isdigit() and int(t) <= 2**16 for t in items if t) and any(items)):
         return text
-    raise argparse.ArgumentTypeError(f"{text!r}: give a number of devices >= 1, -1 for all, auto, or indices like 0,1")
+    raise argparse.ArgumentTypeError(f"{text!r}: give a number of devices from 1 to 65536, -1 for all, auto, or "
+                                     "indices like 0,1")
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, Sampler
 
 from grafiqs.data.decode import INPUT_SIZE, decode_image, read_file_bytes, to_model_tensor
 from grafiqs.io.atomic import atomic_write_bytes
-from grafiqs.io.ledger import LEDGER, LOG_FOLDER
+from grafiqs.io.ledger import LEDGER, LOG_FOLDER, OutputFolder
 from grafiqs.io.score_files import name_problem, printable_path
 from grafiqs.errors import GrafiqsError, ImageError, InputError, ReadError
 
@@ -51,8 +51,10 @@ def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS
         raise InputError(f"image path not found: {path} (give a folder of aligned face crops or one image file)")
     wanted = {e.lower() for e in extensions}
     try:
+        own = _own_files(root, exclude)
         names = _walk_files(root, exclude, unlisted if unlisted is not None else []) if recursive else os.listdir(root)
-        found = sorted(str(root / relative) for relative in names if Path(relative).suffix.lstrip(".").lower() in wanted)
+        found = sorted(str(root / relative) for relative in names
+                       if Path(relative).suffix.lstrip(".").lower() in wanted and relative not in own)
     except OSError as error:
         raise ReadError("image folder", path, error.strerror or str(error)) from None
     if not found:
@@ -62,12 +64,25 @@ def list_images(path: str | Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS
     return found
 
 
+def _own_files(root: Path, exclude: Sequence[str | Path]) -> set[str]:
+    """The files of `root` that the program wrote there, when `root` is one of the run's own output folders
+    (`exclude`: --output-dir, --save-aligned, ...): its ledger's names (a contact sheet, crops) are never inputs."""
+    root_inode = _inode(root)
+    own: set[str] = set()
+    for folder in exclude:
+        if os.path.isdir(folder) and _inode(folder) == root_inode:
+            own |= {os.path.normpath(name) for name in OutputFolder(folder).recorded()}
+    return own
+
+
 def _walk_files(root: Path, exclude: Sequence[str | Path], unlisted: list):
     """Relative paths of the files under `root`, following symlinked folders but entering each real folder once
-    (a symlink loop would otherwise recurse forever); not entering `exclude` nor folders the program writes into."""
-    visited = {_inode(p) for p in exclude if os.path.isdir(p)}
+    (a symlink loop would otherwise recurse forever); not entering `exclude` nor folders the program writes into
+    (`root` itself is listed even then: `_own_files` leaves out the program's own files there)."""
+    visited = {_inode(p) for p in exclude if os.path.isdir(p)} - {_inode(root)}
     for folder, subfolders, files in os.walk(root, followlinks=True, onerror=lambda e: unlisted.append(
-            (e.filename, f"folder cannot be listed ({e.strerror or e}); its images are not scored"))):
+            (e.filename, f"{printable_path(e.filename)}: folder cannot be listed ({e.strerror or e}); its images are "
+                         "not scored"))):
         inode = _inode(folder)
         if inode in visited or (folder != str(root) and os.path.lexists(os.path.join(folder, LOG_FOLDER, LEDGER))):
             subfolders[:] = []
@@ -115,6 +130,7 @@ class ImageFileDataset(Dataset):
                 alignment = {"landmarks": landmarks.reshape(-1).tolist(), "confidence": confidence}
                 if source in self.save_aligned:
                     save_crop(self.save_aligned[source], image)
+                    alignment["crop"] = str(self.save_aligned[source])  # its name stays this image's on a resume
         except GrafiqsError as error:
             return {"index": index, "image": None, "error": str(error), "shape": None, "file": None}
         if self.bgr2rgb:
@@ -158,8 +174,10 @@ def collate_images(items: list[dict]) -> dict:
         "image": torch.stack([item["image"] for item in good]) if good else torch.empty(0, 3, 0, 0, dtype=torch.uint8),
         "resized": torch.tensor([tuple(item["shape"]) != tuple(item["image"].shape[1:]) for item in good], dtype=torch.bool),
         "file": [item["file"] for item in good],
-        # what each image's log record carries besides its scores: the landmarks used, a container record's label
-        "alignment": [{key: item[key] for key in ("landmarks", "confidence", "label") if key in item} for item in good],
+        # what each image's log record carries besides its scores: the landmarks used, the crop saved, a container
+        # record's label
+        "alignment": [{key: item[key] for key in ("landmarks", "confidence", "crop", "label") if key in item}
+                      for item in good],
         "errors": [(item["index"], item["error"]) for item in items if item["error"]],
     }
 

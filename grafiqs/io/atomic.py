@@ -90,6 +90,19 @@ def atomic_write_with(path: str | Path, write: Callable, before_rename: Callable
     return sha256, size
 
 
+def remove_own(path: str | Path) -> bool | None:
+    """Delete `path` if it lies under a registered folder and is still exactly a file the program wrote there (the
+    ledger records the removal); False, the file kept, if it is someone else's; None outside registered folders."""
+    found = _ledger_of(Path(path))
+    if found is None:
+        return None
+    ledger, name = found
+    if not ledger.owns(name):
+        return False
+    ledger.remove({name})
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> tuple[str, int]:
     return atomic_write_with(path, lambda file: file.write(data))
 

@@ -121,6 +121,9 @@ class OutputFolder:
             if not os.path.lexists(self.path / name) or self.owns(name, recorded):
                 continue
             (changed if name in recorded else foreign).append(name)
+        if foreign and self._ledger_emptied():
+            raise self._damaged(f"it is empty, so it cannot tell whether {_some(foreign)} beside it are files this "
+                                "program wrote")
         if foreign:
             raise InputError(f"{self.path} already holds {_some(foreign)}, not written by this program: it never "
                              f"overwrites other files; {self.advice}")
@@ -145,8 +148,9 @@ class OutputFolder:
         atomic.register_folder(self.path, self)
 
     def adopt(self, names: Iterable[str]) -> None:
-        """Record files this program has just written into a folder it created itself and no one else knows
-        (a fresh temporary folder, e.g. a synthetic set being drawn), as if each had been written through it."""
+        """Record files as if each had been written through this folder: files this program has just written into a
+        folder it created itself and no one else knows (a fresh temporary folder, e.g. a synthetic set being drawn),
+        or a checkpoint the user resumes from, checked to be the program's (train_fr.py --ckpt_path)."""
         self.log_dir.mkdir(exist_ok=True)
         self._check_state_folder()
         for name in sorted(set(names) - {LOG_FOLDER}):
@@ -219,6 +223,15 @@ class OutputFolder:
         if os.path.lexists(self.log_dir / NAMES_ONLY_LEDGER):
             raise self._damaged(f"it is {NAMES_ONLY_LEDGER} of an older grafiqs, which recorded names only, so no file "
                                 "it lists can be proven the program's own")
+
+    def _ledger_emptied(self) -> bool:
+        """Whether the ledger is an empty file: `_append` writes an entry as it creates it, so an empty one lost its
+        entries (truncated by a crash of the file system, by someone's `> written.jsonl`, ...)."""
+        try:
+            info = os.lstat(self.ledger)
+        except OSError:
+            return False
+        return stat.S_ISREG(info.st_mode) and info.st_size == 0
 
     def _damaged(self, why: str) -> InputError:
         return InputError(

@@ -22,6 +22,12 @@ ledgered atomic write: the program replaces only the files it wrote there itself
 of every training epoch, the run's last (possibly partial) epoch included, whatever the callback's
 step or time triggers: Lightning's own ModelCheckpoint writes "last" at an epoch end only when it
 saved another checkpoint at that very step, and at the end of fit only when it never saved at all.
+
+`LedgeredCheckpoints` puts the checkpoints of every `ModelCheckpoint` under the same rule as the exports:
+their folders are claimed when fit starts (a `last.ckpt` there that this program did not write refuses
+the run before it trains; the one `--ckpt_path` resumes from is adopted, its continuation replaces it),
+every checkpoint is a ledgered atomic write, and Lightning's removal of an older checkpoint deletes it
+only while it is still exactly the file the program wrote.
 """
 from __future__ import annotations
 
@@ -30,13 +36,15 @@ from typing import Callable, Iterable
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from grafiqs.errors import InputError
-from grafiqs.io.atomic import atomic_write_with
+from grafiqs.io.atomic import atomic_write_with, remove_own
 from grafiqs.io.ledger import OutputFolder
 from grafiqs.models.loading import METADATA_KEY
 
@@ -243,3 +251,84 @@ class EpochEndLastCheckpoint(L.Callback):
                 trainer.save_checkpoint(path, weights_only=callback.save_weights_only)  # collective under DDP
                 written.add(path)
             callback.last_model_path = path
+
+
+class LedgeredCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint files through `grafiqs.io`: a checkpoint under a claimed folder is an atomic, ledgered
+    write that never replaces a file the program did not write, and is removed only while it is still its own."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_with(path, lambda file: torch.save(checkpoint, file))
+
+    def remove_checkpoint(self, path) -> None:
+        kept = remove_own(path) if _is_local_file_protocol(path) else None
+        if kept is None:
+            super().remove_checkpoint(path)
+        elif kept is False:
+            rank_zero_info(f"LedgeredCheckpoints: {path} is not a file this program wrote (or changed since); kept")
+
+
+class LedgeredCheckpoints(L.Callback):
+    """Every ModelCheckpoint's folder is claimed (checked, locked, ledgered) when fit starts; see the module doc.
+    `resume_path`: the fit's `--ckpt_path` (Lightning sets `trainer.ckpt_path` only after the setup hooks)."""
+
+    def __init__(self, resume_path: str | None = None):
+        super().__init__()
+        self.resume_path = resume_path
+        self.claims: list = []  # what setup checked, claimed when fit starts
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or trainer.fast_dev_run:
+            return
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = LedgeredCheckpointIO()
+        # Lightning moves the ModelCheckpoints to the end of the callbacks and train_fr.py puts this one first: the
+        # check runs before their setup, before the exports' folder is claimed and the configuration written
+        self.claims = []
+        on_rank_zero_for_all(trainer, lambda: self.claims.extend(check_checkpoint_folders(trainer, self.resume_path)))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        def claim() -> None:
+            for folder, names, resumed in self.claims:
+                folder.claim(names)
+                folder.adopt(name for name in resumed if not folder.owns(name))
+
+        if not trainer.fast_dev_run:
+            on_rank_zero_for_all(trainer, claim)
+
+
+def checkpoint_folder(callback: ModelCheckpoint, trainer: L.Trainer) -> str | None:
+    """The folder `callback` saves into: its dirpath, or the one its setup will choose by Lightning's own rule."""
+    if callback.dirpath is not None:
+        return str(callback.dirpath)
+    resolve = getattr(callback, "_ModelCheckpoint__resolve_ckpt_dir", None)  # what ModelCheckpoint.setup calls
+    return None if resolve is None else str(resolve(trainer))
+
+
+def check_checkpoint_folders(trainer: L.Trainer, resume_path: str | None = None) -> list:
+    """Check the local folder of every ModelCheckpoint for its `last.ckpt` (InputError if someone else's is there),
+    creating nothing; [(OutputFolder, names, resumed names)] to claim. The checkpoint the run resumes from
+    (`resume_path`), if it lies there, becomes the program's own (train_fr.py checked it as a checkpoint of this
+    run's model); with `--ckpt_path last`, the folders' last.ckpt."""
+    folders: dict[Path, set[str]] = {}
+    for callback in trainer.checkpoint_callbacks:
+        dirpath = checkpoint_folder(callback, trainer) if isinstance(callback, ModelCheckpoint) else None
+        if dirpath and _is_local_file_protocol(dirpath):
+            names = folders.setdefault(Path(dirpath).absolute(), set())
+            if callback.save_last and "{" not in callback.CHECKPOINT_NAME_LAST:
+                names.add(callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
+    advice = "move them, choose another dirpath (or logger save_dir), or resume from the checkpoint with --ckpt_path"
+    claims = []
+    for path, names in folders.items():
+        if resume_path == "last":
+            resumed = {name for name in names if (path / name).is_file()}
+        else:
+            given = Path(resume_path).absolute() if resume_path else None
+            resumed = {given.name} if given is not None and given.parent == path and given.is_file() else set()
+        claims.append((OutputFolder(path, what="ModelCheckpoint dirpath", advice=advice), names - resumed, resumed))
+    for folder, names, _ in claims:
+        folder.check(names)
+    return claims

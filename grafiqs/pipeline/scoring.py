@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from grafiqs.errors import ImageError, InputError
 from grafiqs.io.ledger import OutputFolder, is_primary_process
@@ -28,6 +28,8 @@ GRADIENT_MAPS = 16  # --save-gradient-maps without --gradient-maps: the 16 lowes
 LANDMARK_COLUMNS = [f"{axis}{i}" for i in range(1, 6) for axis in "xy"] + ["detection_confidence"]
 DEMO_ADVICE = ("move them away (the demo always writes to outputs/demo; score your own folder with --image-path, "
                "--weights and --output-dir)")
+DEMO_SET_ADVICE = ("move them away, or run the demo in another working folder (it always draws its set into "
+                   "outputs/demo/images there; score your own folder with --image-path and --weights)")
 
 
 def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict | None:
@@ -78,7 +80,7 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
 
     module = None
     if todo:
-        crops = plan_crops(args, todo) if args.save_aligned else None
+        crops = plan_crops(args, todo, done) if args.save_aligned else None
 
         def make_module(trainer):
             choice = compile_choice(args, torch, backbone, accelerator, -(-len(todo) // trainer.world_size),
@@ -227,10 +229,11 @@ def make_aligner(args):
     return FaceAligner(landmarks, select=args.select_face, detect=args.align)
 
 
-def crop_names(paths: list[str], root: Path) -> dict[str, str]:
+def crop_names(paths: list[str], root: Path, taken_names: Iterable[str] = ()) -> dict[str, str]:
     """--save-aligned: each path's PNG name under the folder (its relative path, `.png` appended unless it is a PNG
-    already); where two paths would share a name (`a.jpg` and `a.jpg.png`), the later one gets `a.jpg.2.png`."""
-    names, taken = {}, set()
+    already); where two paths would share a name (`a.jpg` and `a.jpg.png`), the later one gets `a.jpg.2.png`, and
+    so does one whose name `taken_names` holds (the crops of images an earlier run saved)."""
+    names, taken = {}, {name.lower() for name in taken_names}
     for path in sorted(paths):
         name = os.path.relpath(path, root)
         stem = name[:-4] if name.lower().endswith(".png") else name
@@ -243,14 +246,17 @@ def crop_names(paths: list[str], root: Path) -> dict[str, str]:
     return names
 
 
-def plan_crops(args, paths: list[str]) -> dict[str, Path]:
+def plan_crops(args, paths: list[str], done: dict[str, dict]) -> dict[str, Path]:
     """Where each path's aligned crop goes: a folder the program owns like --output-dir (files it did not write are
-    never replaced; every crop written is recorded in its ledger, by any process)."""
+    never replaced; every crop written is recorded in its ledger, by any process). The crops of images scored
+    before (`done`: their log records name them) keep their names, which no other image's crop takes."""
     from grafiqs.io.ledger import OutputFolder
 
     root = Path(args.image_path) if Path(args.image_path).is_dir() else Path(args.image_path).parent
-    names = crop_names(paths, root)
     folder = OutputFolder(args.save_aligned, "--save-aligned")
+    saved = (os.path.relpath(record["crop"], folder.path) for record in done.values() if "scores" in record
+             and isinstance(record.get("crop"), str))
+    names = crop_names(paths, root, [name for name in saved if Path(name).parts[0] != ".."])
     if is_primary_process():
         folder.claim(names.values())
     else:
@@ -337,7 +343,7 @@ def prepare_demo(args, say: Callable[[str], None] = print) -> None:
     from grafiqs.synthetic.drawn_set import prepare_synthetic_set
 
     args.drawing = True
-    folder = prepare_synthetic_set(Path(args.output_dir) / "images", DEMO_SET)
+    folder = prepare_synthetic_set(Path(args.output_dir) / "images", DEMO_SET, advice=DEMO_SET_ADVICE)
     args.drawing = False
     args.image_path, args.weights, args.save_embeddings = str(folder), str(DEMO_WEIGHTS), True
     if args.compile == "auto":

@@ -49,7 +49,11 @@ class SyntheticSetSpec:
         return self.num_identities * (1 + self.probes_per_identity * per_probe)
 
 
-def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: bool = True) -> Path:
+STATE_FILES = (LEDGER, "lock")  # what the state folder of a drawn set holds; anything else there is someone's
+
+
+def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: bool = True,
+                          advice: str = "choose an empty or new folder") -> Path:
     """Write the set's PNGs and manifest into `folder` unless a set of the same spec is there; returns the folder.
 
     A drawn set carries a marker only this program writes: the ledger of its folder
@@ -57,7 +61,8 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
     drawn into a new hidden folder beside `folder`, recorded there, and moved into place when
     complete, so an interrupted draw (Ctrl-C, SIGTERM) leaves nothing behind. An existing `folder` is
     replaced only if it is empty or every file in it is still exactly a file of a drawn set; any other
-    file (a user's photos, their own manifest.csv and spec.json included) makes it refuse.
+    file (a user's photos, their own manifest.csv and spec.json included, or a file in its .grafiqs/) makes it
+    refuse, before anything is drawn or deleted; `advice` says what to do then.
     """
     folder = Path(folder)
     if synthetic_set_ready(folder, spec):
@@ -69,11 +74,14 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
         present = set(os.listdir(folder)) - {LOG_FOLDER}
         try:
             foreign = sorted(present - drawn.written())
+            if os.path.isdir(folder / LOG_FOLDER):  # not a link: written() refuses one
+                state = set(os.listdir(folder / LOG_FOLDER)) - set(STATE_FILES)
+                foreign += sorted(f"{LOG_FOLDER}/{name}" for name in state)
         except InputError:  # a damaged or foreign ledger proves nothing
             foreign = sorted(present) or [LOG_FOLDER]
         if foreign:
             raise InputError(f"{folder} holds files that are not a synthetic set drawn by this program ({', '.join(foreign[:3])}"
-                             f"{' ...' if len(foreign) > 3 else ''}); it never deletes them: choose an empty or new folder")
+                             f"{' ...' if len(foreign) > 3 else ''}); it never deletes them: {advice}")
     if progress:
         print(f"drawing {spec.size} synthetic faces ({spec.num_identities} held-out identities) into {folder} ...", flush=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +95,7 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
             OutputFolder(drawing).adopt(os.listdir(drawing))
             if folder.is_dir():
                 drawn.remove(drawn.written())  # the previous set, each file checked against its recorded digest
-                for state in (LEDGER, "lock"):  # the program's own state; anything else there makes rmdir fail
+                for state in STATE_FILES:  # the program's own state; anything else there makes rmdir fail
                     (folder / LOG_FOLDER / state).unlink(missing_ok=True)
                 (folder / LOG_FOLDER).rmdir()
                 folder.rmdir()  # empty now; a file that appeared meanwhile makes this fail instead of being lost
