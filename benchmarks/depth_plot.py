@@ -4,7 +4,8 @@
         iresnet34=outputs/benchmark/depth/iresnet34 --out docs/depth_pauc.png
 
 Each NAME=FOLDER is one rung's `benchmark.py --config configs/benchmark/depth.yaml` output (its results_long.csv);
-x = the rung's residual blocks (from --blocks, default the ladder's 6, 8, 16, 24 by name). Left: the demo's set
+x = the rung's residual blocks, by name: bundled 6, iresnet18 8, iresnet34 16, iresnet50 24 (`wide-iresnet34`: the
+wide world's rung of that depth, configs/train_fr/depth/wide/). Left: the demo's set
 (what `make demo` measures); right: the mean over the benchmark's five sets. Same-model reading (the rung judges
 its own pairs), FMR 1e-3, discard 0.3. The numbers go to <out>.csv.
 """
@@ -44,7 +45,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rungs = [(name, LADDER_BLOCKS[name], read_rung(Path(folder), args.fmr, args.limit))
+    rungs = [(name, LADDER_BLOCKS[name.removeprefix("wide-")], read_rung(Path(folder), args.fmr, args.limit))
              for name, folder in (text.split("=", 1) for text in args.rungs)]
     rows = []
     for name, blocks, values in rungs:

@@ -41,7 +41,7 @@ def report(section: str, row: dict[str, str], record: bool, script: str, argv: l
                 [*row.values(), f"`{command}`", f"{machine()}, torch {torch.__version__}{machine_note}"])
 
 
-def gemm_ceilings(size: int = 1024, repeats: int = 5, budget_s: float = 2.0) -> dict[str, float]:
+def gemm_ceilings(size: int = 2048, repeats: int = 5, budget_s: float = 4.0) -> dict[str, float]:
     """This machine's float32 and bfloat16 GEMM GFLOP/s (best of up to `repeats` square products within about
     `budget_s`), measured in the same run as a benchmark so that its throughput reads as a fraction of what this
     machine can do. Without bf16 units (AMX, AVX512-BF16) a CPU's bf16 GEMM can be slower than float32."""
