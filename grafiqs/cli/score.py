@@ -229,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         return 6
     except OSError as error:  # read-only folder, full disk, ...: name the file, keep what is done
         where = error.filename or args.output_dir or "the output folder"
-        print(f"error: cannot write {where}: {error.strerror or error}. Batches already scored are kept in {log_dir(args)}; "
-              "free space or choose a writable --output-dir, then rerun the same command to resume", file=sys.stderr)
+        print(f"error: cannot write {where}: {error.strerror or error}. Any batches already scored are kept in "
+              f"{log_dir(args)}; free space or choose a writable --output-dir, then rerun the same command to resume",
+              file=sys.stderr)
         return 4
 
 
