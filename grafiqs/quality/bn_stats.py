@@ -130,7 +130,7 @@ class ChannelMoments(torch.autograd.Function):
         offset = grad_mean / count - scale * mean
         if _reduced(x):  # x * scale + offset per sample and channel, as an eval-mode batch norm (mean 0, variance 1)
             zeros, ones = x.new_zeros(x.shape[:2], dtype=torch.float32), x.new_ones(x.shape[:2], dtype=torch.float32)
-            return _per_sample_batch_norm(x, scale.float(), offset.float(), zeros, ones, training=False)
+            return _per_sample_batch_norm(x, scale, offset, zeros, ones, training=False)  # scale, offset: float32
         return torch.addcmul(offset[:, :, None, None], x, scale[:, :, None, None])
 
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from torch.utils.data import Dataset
 
 from grafiqs.synthetic.identities import (
-    WORLDS,
     IdentityParams,
+    check_world,
     sample_identity,
     sample_nuisance,
 )
@@ -37,8 +37,7 @@ class SyntheticFaces(Dataset):
         if num_identities < 1 or images_per_identity < 1:
             raise ValueError("num_identities and images_per_identity must be >= 1")
         _check_key(seed=seed, identity_offset=identity_offset)
-        if world not in WORLDS:
-            raise ValueError(f"unknown world {world!r}; choose from {', '.join(WORLDS)}")
+        check_world(world)  # here, not at the first item
         self.world = world
         self.num_identities = int(num_identities)
         self.images_per_identity = int(images_per_identity)

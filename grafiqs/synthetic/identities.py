@@ -195,11 +195,15 @@ def sample_identity(seed: int, identity: int) -> IdentityParams:
     )
 
 
+def check_world(world: str) -> None:
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose from {', '.join(WORLDS)}")
+
+
 def sample_nuisance(seed: int, identity: int, sample: int, world: str = "standard") -> NuisanceParams:
     """Deterministic per-image nuisance for (seed, identity, sample) in `world` (one of WORLDS)."""
     _check_key(seed=seed, identity=identity, sample=sample)
-    if world not in WORLDS:
-        raise ValueError(f"unknown world {world!r}; choose from {', '.join(WORLDS)}")
+    check_world(world)
     r = _rng(_TAG_NUISANCE, seed, identity, sample)
     v = iter(r.random(32).tolist())  # one call: scalar Generator calls cost microseconds each
 
