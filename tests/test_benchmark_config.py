@@ -59,6 +59,7 @@ def synthetic(**spec) -> dict:
     ({"sets": [synthetic(identity_offset=-1)]}, r"synthetic.identity_offset must be a whole number >= 0"),
     ({"sets": [synthetic(severities=[0, 7])]}, r"synthetic.severities must be one or more of 0, 1, 2, 3"),
     ({"sets": [synthetic(kinds=["smudge"])]}, r"synthetic.kinds must name one or more of blur"),
+    ({"sets": [synthetic(world="narrow")]}, r"synthetic.world must be one of standard, wide, got 'narrow'"),
     ({"sets": [synthetic(severities=[0, 1], severity_weights=[1.0, -1.0])]}, r"synthetic.severity_weights"),
     ({"sets": [{"name": "a", "kind": "identity_folder", "folder": "x", "max_pairs": 0}]},
      r"set 'a': max_pairs must be a whole number >= 1, got 0"),

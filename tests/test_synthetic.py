@@ -275,6 +275,19 @@ def test_wide_world_leaves_the_standard_world_alone_and_draws_its_own():
         S.SyntheticFaces(2, 2, world="hard")
 
 
+def test_a_drawn_set_is_drawn_in_its_world(tmp_path):
+    from grafiqs.synthetic.drawn_set import SyntheticSetSpec, prepare_synthetic_set, synthetic_set_ready
+
+    spec = SyntheticSetSpec(num_identities=2, kinds=("blur",), severities=(0, 1), world="wide")
+    folder = prepare_synthetic_set(tmp_path / "wide", spec, progress=False)
+    records = S.make_verification_probes(2, kinds=("blur",), severities=(0, 1), probes_per_identity=1, world="wide")
+    with (folder / "manifest.csv").open() as handle:
+        files = [row["file"] for row in csv.DictReader(handle)]
+    assert all(np.array_equal(cv2.imread(str(folder / name)), record.image) for name, record in zip(files, records))
+    assert synthetic_set_ready(folder, spec)
+    assert not synthetic_set_ready(folder, dataclasses.replace(spec, world="standard"))  # a set of one world only
+
+
 def test_wide_world_ages_people_and_puts_on_accessories():
     draws = [S.sample_nuisance(0, i, s, "wide") for i in range(40) for s in range(16)]
     ages = np.array([d.age for d in draws])

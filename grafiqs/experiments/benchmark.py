@@ -98,6 +98,7 @@ class SetConfig:
 
     def __post_init__(self) -> None:
         from grafiqs.synthetic import DEGRADATIONS
+        from grafiqs.synthetic.identities import WORLDS
 
         missing = [key for key in NEEDED.get(self.kind, ()) if getattr(self, key) is None]
         if missing:
@@ -113,6 +114,8 @@ class SetConfig:
             raise InputError(f"{key}.kinds must name one or more of {', '.join(DEGRADATIONS)}, got {list(spec.kinds)}")
         if not spec.severities or not set(spec.severities) <= {0, 1, 2, 3}:
             raise InputError(f"{key}.severities must be one or more of 0, 1, 2, 3, got {list(spec.severities)}")
+        if spec.world not in WORLDS:
+            raise InputError(f"{key}.world must be one of {', '.join(WORLDS)}, got {spec.world!r}")
         weights = spec.severity_weights
         if weights is not None and (len(weights) != len(spec.severities) or not all(w >= 0 for w in weights)
                                     or not sum(weights) > 0):

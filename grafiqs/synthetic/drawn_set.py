@@ -40,6 +40,7 @@ class SyntheticSetSpec:
     severities: tuple[int, ...] = (0, 1, 2, 3)
     seed: int = 0
     identity_offset: int = 1_000_000  # disjoint from the training identities (0 .. N-1)
+    world: str = "standard"  # the nuisance the faces are drawn under (identities.WORLDS)
 
     @property
     def size(self) -> int:
@@ -90,7 +91,8 @@ def prepare_synthetic_set(folder: str | Path, spec: SyntheticSetSpec, progress: 
         with stop_on_signals():
             write_demo_folder(drawing, spec.num_identities, spec.seed, spec.identity_offset, spec.kinds, spec.severities,
                               enrol_per_identity=1, probes_per_identity=spec.probes_per_identity,
-                              one_per_probe=spec.one_per_probe, severity_weights=spec.severity_weights)
+                              one_per_probe=spec.one_per_probe, severity_weights=spec.severity_weights,
+                              world=spec.world)
             (drawing / SPEC_FILE).write_text(json.dumps(_spec_json(spec), indent=1))
             OutputFolder(drawing).adopt(os.listdir(drawing))
             if folder.is_dir():

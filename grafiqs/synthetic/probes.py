@@ -130,6 +130,7 @@ def write_demo_folder(
     records: Sequence[VerificationRecord] | None = None,
     one_per_probe: bool = False,
     severity_weights: Sequence[float] | None = None,
+    world: str = "standard",
 ) -> Path:
     """Write verification records as PNGs plus manifest.csv (file, identity, role, degradation, severity).
 
@@ -139,7 +140,7 @@ def write_demo_folder(
     out.mkdir(parents=True, exist_ok=True)
     if records is None:
         records = make_verification_probes(num_identities, seed, identity_offset, kinds, severities, enrol_per_identity,
-                                           probes_per_identity, one_per_probe, severity_weights)
+                                           probes_per_identity, one_per_probe, severity_weights, world)
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.writer(handle)
