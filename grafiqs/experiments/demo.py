@@ -17,7 +17,7 @@ from grafiqs.evaluation.report import evaluate_orders, plot_edcs, table_rows, wr
 from grafiqs.synthetic.drawn_set import LabelledImages, SyntheticSetSpec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEMO_WEIGHTS = ASSETS / "demo_iresnet.ckpt"  # trained by configs/train_fr/demo.yaml, see grafiqs/assets/README.md
+DEMO_WEIGHTS = ASSETS / "demo_iresnet.ckpt"  # the wide iresnet34 rung of the depth experiment, see grafiqs/assets/README.md
 DEMO_SET = SyntheticSetSpec(num_identities=100, probes_per_identity=1)
 DEMO_FMRS = (1e-3,)
 DEMO_LIMITS = (0.2, 0.3)
