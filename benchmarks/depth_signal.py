@@ -15,7 +15,7 @@ For every model and every probe:
 
 Two readings of each measure, as Spearman correlations over all probes (positive = the measure does its job):
 with the known severity (0-3), and with minus the mated similarity (a larger discrepancy should mean a worse
-match). The figure has one panel per reading and kind of measure, x = residual blocks of the model; the numbers
+match). The figure has one panel per reading and kind of measure, the models along x in the order given; the numbers
 go to a CSV beside it.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def measure(model, images: torch.Tensor, batch_size: int) -> dict[str, np.ndarra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="+", metavar="NAME=WEIGHTS", help="models in depth order")
+    parser.add_argument("models", nargs="+", metavar="NAME=WEIGHTS", help="models, placed along x in this order")
     parser.add_argument("--identities", type=int, default=30)
     parser.add_argument("--offset", type=int, default=2_500_000)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -114,6 +114,8 @@ def write(rows: list[dict], out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     kinds = {"discrepancy": [*STAGES, "all"], "gradient": list(GROUPS)}
+    names = list(dict.fromkeys(r["model"] for r in rows))  # x: the models in the order given (two may share a depth)
+    blocks_of = {r["model"]: r["blocks"] for r in rows}
     figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True, sharey=True)
     for row, (kind, parts) in enumerate(kinds.items()):
         for column, reading in enumerate(READINGS):
@@ -121,7 +123,7 @@ def write(rows: list[dict], out: Path) -> None:
             for part in parts:
                 chosen = [r for r in rows if r["measure"] == f"{kind} {part}"]
                 label = "all layers (BNS loss)" if part == "all" else part
-                axis.plot([r["blocks"] for r in chosen], [r[reading] for r in chosen], "o-", label=label,
+                axis.plot([names.index(r["model"]) for r in chosen], [r[reading] for r in chosen], "o-", label=label,
                           lw=2.5 if part == "all" else 1.5)
             axis.axhline(0, color="grey", lw=0.8)
             axis.set_title(f"{'BN discrepancy of each stage' if kind == 'discrepancy' else 'GraFIQs gradient group'}"
@@ -129,10 +131,8 @@ def write(rows: list[dict], out: Path) -> None:
             axis.set_ylabel("Spearman (positive = signal)")
             axis.grid(alpha=0.3)
             axis.legend(fontsize=8)
-    models = sorted({(r["blocks"], r["model"]) for r in rows})
     for axis in axes[1]:
-        axis.set_xticks(sorted({b for b, _ in models}))
-        axis.set_xlabel("residual blocks (" + ", ".join(f"{m}: {b}" for b, m in models) + ")")
+        axis.set_xticks(range(len(names)), [f"{name}\n{blocks_of[name]} blocks" for name in names], fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     print(f"wrote {out} and {out.with_suffix('.csv')}")
