@@ -4,9 +4,9 @@
         iresnet34=outputs/benchmark/depth/iresnet34 --out docs/depth_pauc.png
 
 Each NAME=FOLDER is one rung's `benchmark.py --config configs/benchmark/depth.yaml` output (its results_long.csv);
-the rungs stand along x in the order given, each labelled with its residual blocks, known by name: bundled 6,
-iresnet18 8, iresnet34 16, iresnet50 24 (`wide-iresnet34`: the wide world's rung of that depth,
-configs/train_fr/depth/wide/; a `_long` suffix: the same depth on a longer schedule). Left: the demo's set
+the rungs stand along x in the order given, each labelled with its residual blocks (read from the architecture
+that its cached passes record, so two rungs of one depth, e.g. on schedules of different length, can stand side
+by side). Left: the demo's set
 (what `make demo` measures); right: the mean over the benchmark's five sets. Same-model reading (the rung judges
 its own pairs), FMR 1e-3, discard 0.3. The numbers go to <out>.csv.
 """
@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
 
-LADDER_BLOCKS = {"bundled": 6, "iresnet18": 8, "iresnet34": 16, "iresnet50": 24}
 METHODS = ("GraFIQs image", "GraFIQs block1", "GraFIQs block2", "GraFIQs block3", "GraFIQs block4",
            "GraFIQs BNS loss", "SER-FIQ", "embedding norm (MagFace)", "reference: random", "reference: known severity")
+
+
+def rung_blocks(folder: Path) -> int:
+    """Residual blocks of the rung's quality model, from the settings its first cached pass was keyed by."""
+    first = next(folder.glob("cache/*/rung/*/pass.json"))  # cache/<set>/<model>/<method>-<key>/pass.json
+    architecture = json.loads(first.read_text())["settings"]["model"]["architecture"]
+    return sum(architecture[:4])  # layers per stage, then the widths
 
 
 def read_rung(folder: Path, fmr: float, limit: float) -> dict[str, dict[str, float]]:
@@ -46,8 +53,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rungs = [(name, LADDER_BLOCKS[name.removeprefix("wide-").removesuffix("_long")],
-              read_rung(Path(folder), args.fmr, args.limit))
+    rungs = [(name, rung_blocks(Path(folder)), read_rung(Path(folder), args.fmr, args.limit))
              for name, folder in (text.split("=", 1) for text in args.rungs)]
     rows = []
     for name, blocks, values in rungs:
