@@ -1,13 +1,15 @@
 """The GPU check: iresnet100 GraFIQs throughput, fidelity and memory on a CUDA device, in one run of a few minutes.
 
     bash benchmarks/gpu_check.sh            # = python benchmarks/gpu_check.py --record (needs only `make setup`)
-    python benchmarks/gpu_check.py --device cpu --arch iresnet18 --images 8 --batch-sizes 4 --no-compile   # dry run
+    python benchmarks/gpu_check.py --device cpu --arch iresnet18 --images 8 --loop-images 4 --batch-sizes 4 --gemm-size 1024 --no-compile   # dry run
 
-Rows: the official-style per-image loop (grafiqs.quality.reference), then the engine score.py runs
-(GraFIQsScorer) in float32 and bf16 autocast at each batch size, eager and compiled. Each row: images/s,
-ratio to the loop, peak device memory, worst relative difference and the smallest Spearman correlation per
-group against float32 eager on the same images, and the fraction of the device's own bf16 / float32 GEMM
-rate measured in the same run (8192^3 products: what its tensor cores reach, the ceiling a score can approach).
+Rows: the official-style per-image loop (grafiqs.quality.reference) in IEEE float32, then the engine score.py
+runs (GraFIQsScorer) in float32 and bf16 autocast, in both memory layouts at each batch size, eager, and each
+precision compiled once in its faster layout. Each row: images/s, ratio to the loop, peak device memory, the
+worst relative difference per group against the loop's scores and the smallest Spearman correlation per group
+against float32 eager on the same images, the fraction of the device's own bf16 / float32 GEMM rate measured
+in the same run (8192^3 products: what its tensor cores reach, the ceiling a score can approach), and how far
+the loop moves when torch's default convolutions (TF32 on Ampere and newer GPUs) replace IEEE float32.
 Weights: the counter-hash iResNet (grafiqs.models.hashed_weights) with BN statistics recorded on the golden crops.
 """
 from __future__ import annotations
@@ -58,6 +60,7 @@ def main() -> None:
 
     from grafiqs.evaluation.report import spearman
     from grafiqs.quality.reference import reference_scores
+    from grafiqs.quality.groups import ieee_float32_convolutions
     from grafiqs.quality.scorer import GraFIQsScorer
 
     device = args.device
@@ -73,15 +76,31 @@ def main() -> None:
     print(f"{name}: GEMM {ceilings['fp32']:.1f} TFLOP/s float32, {ceilings['bf16']:.1f} bf16; "
           f"{gflop:.1f} GFLOP per image", flush=True)
 
-    reference_scores(model, images[:1])
-    synchronise(torch, device)
-    start = time.perf_counter()
-    for i in range(args.loop_images):
-        reference_scores(model, images[i:i + 1])
-    loop_seconds = (time.perf_counter() - start) / args.loop_images
+    def loop(count: int):
+        """The per-image reference: seconds per image and its scores per group."""
+        reference_scores(model, images[:1])
+        synchronise(torch, device)
+        start = time.perf_counter()
+        scores = [reference_scores(model, images[i % len(images)].unsqueeze(0)) for i in range(count)]
+        synchronise(torch, device)
+        return (time.perf_counter() - start) / count, {g: np.array([s[g] for s in scores]) for g in GROUPS}
 
-    def measure(precision: str, batch_size: int, compiled: bool):
-        scorer = GraFIQsScorer(model, precision=precision, compile=compiled)
+    def relative_by_group(scores, reference) -> dict[str, np.ndarray]:
+        n = min(len(scores["image"]), len(reference["image"]))
+        return {g: np.abs(scores[g][:n] - reference[g][:n]) / np.abs(reference[g][:n]) for g in GROUPS}
+
+    def worst_relative(scores, reference) -> float:
+        return max(float(np.max(r)) for r in relative_by_group(scores, reference).values())
+
+    with ieee_float32_convolutions():
+        loop_seconds, loop_scores = loop(args.loop_images)
+    tf32_seconds, tf32_scores = loop(args.loop_images)  # torch's default on this device (TF32 where cuDNN has it)
+    tf32_differs = f"{worst_relative(tf32_scores, loop_scores):.1e}"
+    print(f"per-image loop: {1 / loop_seconds:.1f} img/s IEEE float32; torch's default convolutions "
+          f"(TF32 on Ampere and newer): {1 / tf32_seconds:.1f} img/s, worst rel. diff {tf32_differs}", flush=True)
+
+    def measure(precision: str, batch_size: int, channels_last: bool, compiled: bool):
+        scorer = GraFIQsScorer(model, precision=precision, channels_last=channels_last, compile=compiled)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(device)
         warm = time.perf_counter()
@@ -101,29 +120,41 @@ def main() -> None:
         return {g: torch.cat(v).numpy() for g, v in scores.items()}, seconds, memory, warm
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    baseline, *_ = measure("32", batch_sizes[0], False)
-    for precision in ("32", "bf16"):
-        for compiled in (False,) if args.no_compile else (False, True):
-            for batch_size in batch_sizes if not compiled else batch_sizes[1:2] or batch_sizes:
-                scores, seconds, memory, warm = measure(precision, batch_size, compiled)
-                n = min(len(scores["image"]), len(baseline["image"]))
-                relative = max(float(np.max(np.abs(scores[g][:n] - baseline[g][:n]) / np.abs(baseline[g][:n])))
-                               for g in GROUPS)
-                unique = 14  # the golden crops repeat: rank only distinct images
-                rho = min(spearman(scores[g][:unique], baseline[g][:unique]) for g in GROUPS)
-                row = {
-                    "date": datetime.date.today().isoformat(), "device": name, "arch": args.arch,
-                    "mode": f"{'bf16' if precision == 'bf16' else 'fp32'}, bs {batch_size}"
-                            + (f", compiled ({warm:.0f} s)" if compiled else ", eager"),
-                    "loop img/s": f"{1 / loop_seconds:.1f}", "img/s": f"{1 / seconds:.1f}",
-                    "vs loop": f"{loop_seconds / seconds:.1f}x", "peak memory": f"{memory:.1f} GiB",
-                    "of GEMM rate": f"{gflop / seconds / 1e3 / ceilings['bf16' if precision == 'bf16' else 'fp32']:.0%}",
-                    "GEMM TFLOP/s fp32 / bf16": f"{ceilings['fp32']:.0f} / {ceilings['bf16']:.0f}",
-                    "worst rel. diff vs fp32": f"{relative:.1e}", "min Spearman": f"{rho:.4f}",
-                }
-                report(SECTION, row, args.record, "gpu_check.py", sys.argv[1:])
-                print(flush=True)
+    compiled_batch = batch_sizes[1] if len(batch_sizes) > 1 else batch_sizes[0]
+    baseline, *_ = measure("32", batch_sizes[0], False, False)
+    eager_rate = {}
 
+    def row(precision: str, batch_size: int, channels_last: bool, compiled: bool) -> None:
+        scores, seconds, memory, warm = measure(precision, batch_size, channels_last, compiled)
+        if not compiled:
+            eager_rate[precision, batch_size, channels_last] = 1 / seconds
+        unique = 14  # the golden crops repeat: rank only distinct images
+        rho = min(spearman(scores[g][:unique], baseline[g][:unique]) for g in GROUPS)
+        ceiling = ceilings["bf16" if precision == "bf16" else "fp32"]
+        print("rel. diff vs loop by group (worst / median): " + ", ".join(
+            f"{g} {np.max(r):.1e} / {np.median(r):.1e}" for g, r in relative_by_group(scores, loop_scores).items()))
+        report(SECTION, {
+            "date": datetime.date.today().isoformat(), "device": name, "arch": args.arch,
+            "mode": f"{'bf16' if precision == 'bf16' else 'fp32'}, bs {batch_size}"
+                    + (", channels_last" if channels_last else "")
+                    + (f", compiled ({warm:.0f} s)" if compiled else ", eager"),
+            "loop img/s": f"{1 / loop_seconds:.1f}", "img/s": f"{1 / seconds:.1f}",
+            "vs loop": f"{loop_seconds / seconds:.1f}x", "peak memory": f"{memory:.1f} GiB",
+            "of GEMM rate": f"{gflop / seconds / 1e3 / ceiling:.0%}",
+            "GEMM TFLOP/s fp32 / bf16": f"{ceilings['fp32']:.0f} / {ceilings['bf16']:.0f}",
+            "worst rel. diff vs loop": f"{worst_relative(scores, loop_scores):.1e}",
+            "min Spearman vs fp32": f"{rho:.4f}", "loop with TF32: rel. diff": tf32_differs,
+        }, args.record, "gpu_check.py", sys.argv[1:])
+        print(flush=True)
+
+    for precision in ("32", "bf16"):
+        for channels_last in (False, True):
+            for batch_size in batch_sizes:
+                row(precision, batch_size, channels_last, False)
+    if not args.no_compile:  # compile each precision once, in its faster eager layout
+        for precision in ("32", "bf16"):
+            faster = max((False, True), key=lambda layout: eager_rate[precision, compiled_batch, layout])
+            row(precision, compiled_batch, faster, True)
 
 if __name__ == "__main__":
     main()

@@ -9,5 +9,5 @@ for python in ../.venv/bin/python python3; do
     PYTHONPATH=.. exec "$python" gpu_check.py --record "$@"
   fi
 done
-echo "error: no Python here has a torch that sees a CUDA GPU; for a dry run: python gpu_check.py --device cpu --arch iresnet18 --images 8 --batch-sizes 4 --no-compile" >&2
+echo "error: no Python here has a torch that sees a CUDA GPU; for a dry run: python gpu_check.py --device cpu --arch iresnet18 --images 8 --loop-images 4 --batch-sizes 4 --gemm-size 1024 --no-compile" >&2
 exit 2

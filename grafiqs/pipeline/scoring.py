@@ -44,6 +44,7 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
     from grafiqs.lit.writers import ResultLogWriter, log_records, read_result_logs
     from grafiqs.pipeline.predict import predict
     from grafiqs.pipeline.readable import ReadableRun
+    from grafiqs.quality.groups import COMPILED_BF16_ON_GPU
     from grafiqs.quality.scorer import GROUPS
 
     started = time.perf_counter()
@@ -61,6 +62,10 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
         args.image_path, parse_extensions(args.image_extension), args.recursive,
         exclude=[p for p in (output.path, args.save_aligned, args.save_gradient_maps) if p], unlisted=unlisted)
     accelerator, devices = choose_devices(args, torch)
+    if on_gpu(accelerator, torch) and args.precision == "bf16" and args.compile != "off":
+        if args.compile == "on":
+            raise InputError(f"--precision bf16 --compile on: {COMPILED_BF16_ON_GPU}")
+        args.compile = "off"  # auto never picks the compiled bf16 stages on a GPU
     backbone = load_backbone_for(args)
     aligner = make_aligner(args) if aligning(args) else None
     readable = ReadableRun(args, paths)  # the calibration (checked) and the aligned-face check
@@ -158,7 +163,7 @@ def compile_choice(args, torch, backbone, accelerator: str, images: int, primary
 def setting_key(args, torch, backbone, accelerator: str, precision: str) -> str:
     from grafiqs.hardware import speed_key
 
-    device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
+    device = "cuda" if on_gpu(accelerator, torch) else "cpu"
     return speed_key(torch, device, list(backbone.layers_per_stage) + list(backbone.widths), precision,
                      args.batch_size, args.groups[0], args.channels_last)
 
@@ -371,6 +376,10 @@ def load_backbone_for(args):
         args.bgr2rgb = args.bgr2rgb or trained_rgb
         args.colour_recorded = metadata["colour_order"]
     return backbone
+
+
+def on_gpu(accelerator: str, torch) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def choose_devices(args, torch) -> tuple[str, int | str | list[int]]:

@@ -148,14 +148,16 @@ def _per_sample_batch_norm(x, weight, bias, mean, variance, training: bool) -> t
 
     The kernel normalises per channel over (batch, H, W); per sample and channel is the same on a
     batch of one. A contiguous [B, C, H, W] is viewed as one sample of B*C channels (one call, no
-    copy); another layout (channels_last) runs one call per sample, in its own layout.
+    copy); another layout (channels_last) runs one call per sample on a CPU, in its own layout, and one call
+    on a layout copy on a GPU, where a launch per sample made channels_last bf16 scoring 20x slower.
     eps 0, momentum 1: training mode writes the mean and the unbiased variance into `mean` and
     `variance`; eval mode returns (x - mean) / sqrt(variance) * weight + bias in x's dtype.
     """
     b, c = x.shape[:2]
-    if x.is_contiguous():
+    if x.is_contiguous() or x.is_cuda:
         flat = [None if t is None else t.view(b * c) for t in (weight, bias, mean, variance)]
-        return torch.batch_norm(x.view(1, b * c, *x.shape[2:]), *flat, training, 1.0, 0.0, False).view(x.shape)
+        whole = x.contiguous().view(1, b * c, *x.shape[2:])
+        return torch.batch_norm(whole, *flat, training, 1.0, 0.0, False).view(x.shape)
     out = torch.empty_like(x)
     for i in range(b):
         rows = [None if t is None else t[i] for t in (weight, bias, mean, variance)]

@@ -39,7 +39,7 @@ Aggregations of a group's gradient g (all its tensors together), per sample:
 from __future__ import annotations
 
 import itertools
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Iterable, Sequence
@@ -183,6 +183,23 @@ def numeric_status(
     return status
 
 
+# Measured by benchmarks/gpu_check.py on an H200 (torch 2.11): eager bf16 stays within 3% of the float32 loop there.
+COMPILED_BF16_ON_GPU = ("compiled bf16 stages give wrong scores on a CUDA GPU (image to block3 58% off the float32 "
+                        "loop on an H200, benchmarks/RESULTS.md); run bf16 with --compile off")
+
+
+@contextmanager
+def ieee_float32_convolutions():
+    """cuDNN runs float32 convolutions in TF32 (a 10-bit mantissa) by default on Ampere and newer GPUs, which
+    moves scores by more than 1e-3: the scorer's float32 is IEEE float32 on every device (no-op on a CPU)."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 def _output_as_leaf(stage: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """`stage` whose output starts the autograd graph: nothing before it is recorded for the backward."""
     return lambda x: stage(x).detach().requires_grad_(True)
@@ -303,9 +320,10 @@ class VariantScorer:
 
     def __call__(self, images: torch.Tensor, keep_gradients: bool = False) -> VariantScores:
         """Columns of normalised images [B, 3, H, W]; `keep_gradients` also returns the activation gradients."""
-        columns, embedding, gradients = self._activation_pass(images, keep_gradients)
-        if self.parameter_groups:
-            columns.update(self._parameter_pass(images))
+        with ieee_float32_convolutions():
+            columns, embedding, gradients = self._activation_pass(images, keep_gradients)
+            if self.parameter_groups:
+                columns.update(self._parameter_pass(images))
         losses = {loss_column(loss) for loss in self.all_losses}
         scores = [name for name in self.columns if name not in losses]
         status = numeric_status(images.detach(), [columns[n] for n in losses], [columns[n] for n in scores])
@@ -332,6 +350,8 @@ class VariantScorer:
     def _activation_pass(
         self, images: torch.Tensor, keep_gradients: bool
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        if self.use_compiled and self.precision == "bf16" and images.is_cuda:
+            raise VariantError(COMPILED_BF16_ON_GPU)
         count = images.shape[0]
         columns, kept = {}, {}
         with torch.enable_grad():
