@@ -5,7 +5,8 @@
 Draws --faces faces of unseen synthetic identities (clean, and each degradation at severity
 1-3, so the scores spread as in a benchmark set), scores them in float32 and in bf16 with
 the iresnet50 golden weights and with the bundled demo model, and reports Spearman's rank
-correlation of bf16 against float32 and the worst relative difference, per group.
+correlation of bf16 against float32 and the worst relative difference, per group. --channels-last runs
+bf16 as `score.py --precision bf16` does on a CPU.
 --record appends the rows to benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--compile", action="store_true", help="compiled stages on both sides (score.py --compile on)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="bf16 in the NHWC layout, as score.py --precision bf16 runs on a CPU (float32 stays NCHW)")
     parser.add_argument("--record", action="store_true", help="append the rows to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
@@ -55,7 +58,8 @@ def main() -> None:
         model = build()
         scores = {}
         for precision in ("32", "bf16"):
-            scorer = GraFIQsScorer(model, precision=precision, compile=args.compile)
+            scorer = GraFIQsScorer(model, precision=precision, compile=args.compile,
+                                   channels_last=args.channels_last and precision == "bf16")
             batches = [scorer(images[i : i + args.batch_size]).scores for i in range(0, len(images), args.batch_size)]
             scores[precision] = {g: torch.cat([b[g] for b in batches]).numpy() for g in GROUPS}
             torch._dynamo.reset()  # the next scorer compiles its own graphs
@@ -67,7 +71,7 @@ def main() -> None:
             add_row("bf16 fidelity on synthetic faces (`benchmarks/bench_bf16_fidelity.py`)",
                     ["date", "model", "faces", "mode", f"Spearman ({' / '.join(GROUPS)})", "worst rel. diff", "command",
                      "machine"],
-                    [datetime.date.today().isoformat(), name, str(args.faces), "compiled" if args.compile else "eager",
+                    [datetime.date.today().isoformat(), name, str(args.faces), ("compiled" if args.compile else "eager") + (", bf16 channels_last" if args.channels_last else ""),
                      spearmans, f"{worst:.1e}", "`python benchmarks/bench_bf16_fidelity.py " + " ".join(sys.argv[1:]) + "`",
                      f"{machine()}, torch {torch.__version__}"])
 

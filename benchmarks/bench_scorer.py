@@ -18,7 +18,9 @@ cancelled by taking two image counts). --record appends a row to benchmarks/RESU
 float32 with every group (score.py's default), the same with `--channels-last`, float32 `--groups block4`, and
 `--precision bf16` with every group (both layouts) where the CPU has bf16 units (AMX or AVX512-BF16; elsewhere bf16 is a slow fallback, not a speed mode), each as
 img/s, ratio to the loop and fraction of its precision's ceiling (GFLOP counted on that mode's own call: the
-block4 backward stops at layer4), one table row per mode (`SUITE_SECTION`).
+block4 backward stops at layer4), one table row per mode (`SUITE_SECTION`). With --e2e each mode also runs as
+whole score.py processes, every option spelled out, marginal per image and as a fraction of its ceiling
+(`SUITE_E2E_SECTION`); `score.py --precision bf16` on a CPU is the channels_last bf16 row.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ GOLDEN = ROOT / "tests" / "data" / "golden"
 GROUPS = ("image", "block1", "block2", "block3", "block4")
 SECTION = "Scorer throughput against the machine's GEMM ceilings (`benchmarks/bench_scorer.py`)"
 SUITE_SECTION = "Every scoring mode against this machine's ceilings (`benchmarks/bench_scorer.py --suite`)"
+SUITE_E2E_SECTION = "Every scoring mode, in process and as whole score.py processes (`bench_scorer.py --suite --e2e`)"
 
 
 def build_model(arch: str):
@@ -123,6 +126,9 @@ def suite(args, model, images, reference, reference_seconds) -> None:
     modes = [("32", GROUPS, False), ("32", GROUPS, True), ("32", ("block4",), False)] + \
         ([("bf16", GROUPS, False), ("bf16", GROUPS, True)] if units else [])
     unique = len({tuple(r.values()) for r in reference})  # Spearman on the distinct crops only
+    weights_folder = tempfile.TemporaryDirectory()
+    weights = Path(weights_folder.name) / "weights.pth"
+    torch.save(model.state_dict(), weights)
     for precision, groups, channels_last in modes:
         scorer = GraFIQsScorer(model, groups=groups, precision=precision, channels_last=channels_last)
         scores, seconds = timed_scores(scorer, images, args.batch_size)
@@ -142,11 +148,22 @@ def suite(args, model, images, reference, reference_seconds) -> None:
             "of its ceiling": f"{gflop / seconds / ceiling:.0%}", "fidelity": fidelity,
             "bf16 units": ", ".join(units) or "none",
         }
-        report(SUITE_SECTION, row, args.record, "bench_scorer.py", sys.argv[1:])
+        if args.e2e:  # whole score.py processes in this mode, marginal per image
+            per_image = marginal_seconds_per_image(weights, args.arch, args,
+                                                   score_py_options(precision, channels_last, False, groups))
+            row |= {"score.py img/s": f"{1 / per_image:.2f}", "score.py of its ceiling": f"{gflop / per_image / ceiling:.0%}"}
+        report(SUITE_E2E_SECTION if args.e2e else SUITE_SECTION, row, args.record, "bench_scorer.py", sys.argv[1:])
+    weights_folder.cleanup()
 
 
-def marginal_seconds_per_image(arch_weights: Path, arch: str, args) -> float:
-    """Whole score.py processes on two image counts; the difference cancels start-up.
+def score_py_options(precision: str, channels_last: bool, compiled: bool, groups=GROUPS) -> list[str]:
+    """The score.py options of one mode, every choice spelled out (no auto)."""
+    return (["--precision", precision, "--channels-last", "on" if channels_last else "off",
+             "--compile", "on" if compiled else "off"] + ([] if groups == GROUPS else ["--groups", ",".join(groups)]))
+
+
+def marginal_seconds_per_image(arch_weights: Path, arch: str, args, options: list[str]) -> float:
+    """Whole score.py processes with `options` on two image counts; the difference cancels start-up.
 
     Each count runs --e2e-repeats times and its fastest run counts: start-up, and above all a
     cached compilation (18-24 s for iresnet50), vary by seconds between processes."""
@@ -158,10 +175,7 @@ def marginal_seconds_per_image(arch_weights: Path, arch: str, args) -> float:
                 shutil.copy(files[i % len(files)], Path(folder) / f"{i:05d}.png")
             command = [sys.executable, str(ROOT / "score.py"), "--image-path", folder, "--weights", str(arch_weights),
                        "--backbone", arch, "--output-dir", str(Path(folder) / "out"), "--batch-size",
-                       str(args.batch_size), "--num-workers", str(args.num_workers)]
-            if args.precision == "bf16":
-                command += ["--precision", "bf16"]
-            command += ["--compile", "on" if args.compile else "off"]
+                       str(args.batch_size), "--num-workers", str(args.num_workers), *options]
             runs = []
             for _ in range(args.e2e_repeats):
                 shutil.rmtree(Path(folder) / "out", ignore_errors=True)  # no resume: score every image again
@@ -183,7 +197,8 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's allocator as it is (score.py retains freed memory; see grafiqs/allocator.py)")
-    parser.add_argument("--e2e", action="store_true", help="also time whole score.py processes")
+    parser.add_argument("--e2e", action="store_true",
+                        help="also time whole score.py processes (with --suite: one pair of image counts per mode)")
     parser.add_argument("--e2e-repeats", type=int, default=2, help="processes per image count; the fastest counts")
     parser.add_argument("--suite", action="store_true",
                         help="every scoring mode in one run (float32 all groups and block4, bf16 where the CPU has bf16 "
@@ -247,7 +262,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             weights = Path(folder) / "weights.pth"
             torch.save(model.state_dict(), weights)
-            per_image = marginal_seconds_per_image(weights, args.arch, args)
+            per_image = marginal_seconds_per_image(
+                weights, args.arch, args, score_py_options(args.precision, args.channels_last, args.compile))
         e2e = f"{1 / per_image:.2f} img/s ({reference_seconds / per_image:.2f}x)"
 
     row = {

@@ -8,7 +8,7 @@ import torch
 
 from conftest import GOLDEN, tiny_iresnet
 from grafiqs.errors import WeightsError
-from grafiqs.models.iresnet import ARCHITECTURES, build_iresnet
+from grafiqs.models.iresnet import ARCHITECTURES, PReLU, build_iresnet
 from grafiqs.models.loading import describe_architecture, load_backbone, read_state_dict
 
 
@@ -34,6 +34,36 @@ def test_forward_stages_gives_the_four_stage_outputs_and_the_embedding():
     assert embedding.shape == (2, 32)
     assert [tuple(s.shape[1:]) for s in stages.values()] == [(8, 56, 56), (16, 28, 28), (32, 14, 14), (64, 7, 7)]
     assert torch.equal(model(torch.zeros(2, 3, 112, 112)), embedding)
+
+
+@pytest.mark.parametrize("dtype, layout", [(torch.float32, torch.contiguous_format),
+                                           (torch.bfloat16, torch.contiguous_format), (torch.bfloat16, torch.channels_last)])
+def test_prelu_with_a_frozen_weight_has_atens_values_and_input_gradient_bit_for_bit(dtype, layout):
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 5, 4).to(dtype).contiguous(memory_format=layout)  # a bf16 activation, as autocast makes
+    x[0, 0, 0, :2] = 0.0  # the kink belongs to the negative side in both
+    upstream = torch.randn(3, 6, 5, 4)
+    results = []
+    for module in (torch.nn.PReLU(6), PReLU(6)):
+        with torch.no_grad():
+            module.weight.copy_(torch.linspace(-0.5, 1.5, 6))
+        module.requires_grad_(False)
+        inputs = x.detach().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = module(inputs)
+        (gradient,) = torch.autograd.grad(out, inputs, upstream.to(dtype))
+        results.append((out, gradient))
+    (aten_out, aten_gradient), (out, gradient) = results
+    assert out.dtype == aten_out.dtype and torch.equal(out, aten_out)
+    assert torch.equal(gradient, aten_gradient)
+
+
+def test_prelu_with_a_trainable_weight_still_learns_it():
+    torch.manual_seed(0)
+    x, module, reference = torch.randn(4, 3, 2, 2), PReLU(3), torch.nn.PReLU(3)
+    module(x).square().sum().backward()
+    reference(x).square().sum().backward()
+    assert module.weight.grad is not None and torch.equal(module.weight.grad, reference.weight.grad)
 
 
 def test_architecture_is_inferred_from_the_keys(tmp_path):

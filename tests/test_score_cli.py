@@ -183,6 +183,16 @@ def test_channels_last_scores_within_1e_4_and_is_a_setting_of_its_own(tmp_path, 
     assert "other settings (channels_last)" in capsys.readouterr().err
 
 
+def test_bf16_on_a_cpu_runs_channels_last_unless_told_otherwise(tmp_path, tiny_weights, faces, capsys):
+    assert score(faces, tmp_path / "auto", tiny_weights, "--no-face-check", "--precision", "bf16") == 0
+    assert score(faces, tmp_path / "on", tiny_weights, "--no-face-check", "--precision", "bf16", "--channels-last") == 0
+    assert read_csv(tmp_path / "auto" / "scores.csv") == read_csv(tmp_path / "on" / "scores.csv")
+    capsys.readouterr()
+    assert score(faces, tmp_path / "auto", tiny_weights, "--no-face-check", "--precision", "bf16",
+                 "--channels-last", "off") == 2  # NCHW bf16 is another setting: never mixed into the auto run
+    assert "other settings (channels_last)" in capsys.readouterr().err
+
+
 def test_groups_scores_only_what_is_asked_with_the_same_numbers(tmp_path, tiny_weights, faces, capsys):
     assert score(faces, tmp_path / "all", tiny_weights) == 0
     assert score(faces, tmp_path / "b4", tiny_weights, "--groups", "block4,block2") == 0

@@ -161,10 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         "AVX-512-BF16/AMX and on GPUs; scores are approximate (rank fidelity in benchmarks/RESULTS.md)",
     )
     extra.add_argument(
-        "--channels-last", action="store_true",
+        "--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
         help="run the convolutions in the NHWC memory layout: exact within 1e-4 relative (measured 5e-5), float32 1.4x "
-        "faster on an Intel Ice Lake Xeon, no faster on AMD EPYCs (benchmarks/RESULTS.md); bench_scorer.py --suite "
-        "measures it on yours")
+        "faster on an Intel Ice Lake Xeon, no faster on AMD EPYCs; bf16 1.07-1.25x faster on an AMD EPYC with "
+        "AVX512-BF16 (oneDNN's bf16 convolutions reorder NCHW), slower on an H200 (benchmarks/RESULTS.md). auto (default): on for "
+        "--precision bf16 on a CPU, else off; bare --channels-last is on. bench_scorer.py --suite measures it on yours")
     extra.add_argument(
         "--compile",
         default="auto",

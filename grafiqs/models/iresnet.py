@@ -9,6 +9,7 @@ differentiates, so no forward flags or monkey-patching are needed.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 STAGE_NAMES = ("block1", "block2", "block3", "block4")
@@ -24,6 +25,37 @@ ARCHITECTURES: dict[str, tuple[int, int, int, int]] = {
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 
 
+class PReLU(nn.PReLU):
+    """nn.PReLU whose backward, while its weight is frozen (as GraFIQs scoring freezes every weight), computes
+    only the input's gradient: ATen's PReLU backward always reduces the weight's gradient too, and took 8% of
+    a bf16 score (43 ms for a 16x64x112x112 input on 2 cores, against 4.7 ms here, bit for bit the same)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.requires_grad:  # training, and the per-sample weight gradients under torch.func
+            return super().forward(x)
+        return _FrozenWeightPReLU.apply(x, self.weight)
+
+
+class _FrozenWeightPReLU(torch.autograd.Function):
+    generate_vmap_rule = True  # the ablation's per-sample weight gradients run frozen layers under vmap
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x, weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, weight = ctx.saved_tensors
+        # g where x > 0, else weight * g: ReLU's fused backward keeps g where x > 0, one addcmul adds the rest
+        passed = torch.ops.aten.threshold_backward(grad, x, 0)
+        slope = weight.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))  # autocast ran the forward on this cast
+        return torch.addcmul(passed, grad - passed, slope), None
+
+
 class IBasicBlock(nn.Module):
     """Pre-activation-style residual block of iResNet: BN-conv-BN-PReLU-conv(stride)-BN."""
 
@@ -32,7 +64,7 @@ class IBasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-5)
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes, eps=1e-5)
-        self.prelu = nn.PReLU(planes)
+        self.prelu = PReLU(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
         self.downsample = downsample
@@ -65,7 +97,7 @@ class IResNet(nn.Module):
         stem = widths[0]
         self.conv1 = nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem, eps=1e-5)
-        self.prelu = nn.PReLU(stem)
+        self.prelu = PReLU(stem)
         inplanes = stem
         for index, (blocks, planes) in enumerate(zip(layers, widths), start=1):
             setattr(self, f"layer{index}", self._make_stage(inplanes, planes, blocks))

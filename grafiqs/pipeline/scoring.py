@@ -44,7 +44,6 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
     from grafiqs.lit.writers import ResultLogWriter, log_records, read_result_logs
     from grafiqs.pipeline.predict import predict
     from grafiqs.pipeline.readable import ReadableRun
-    from grafiqs.quality.groups import COMPILED_BF16_ON_GPU
     from grafiqs.quality.scorer import GROUPS
 
     started = time.perf_counter()
@@ -62,14 +61,11 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
         args.image_path, parse_extensions(args.image_extension), args.recursive,
         exclude=[p for p in (output.path, args.save_aligned, args.save_gradient_maps) if p], unlisted=unlisted)
     accelerator, devices = choose_devices(args, torch)
-    if on_gpu(accelerator, torch) and args.precision == "bf16" and args.compile != "off":
-        if args.compile == "on":
-            raise InputError(f"--precision bf16 --compile on: {COMPILED_BF16_ON_GPU}")
-        args.compile = "off"  # auto never picks the compiled bf16 stages on a GPU
+    refuse_compiled_bf16_on_gpu(args, on_gpu(accelerator, torch))
     backbone = load_backbone_for(args)
     aligner = make_aligner(args) if aligning(args) else None
     readable = ReadableRun(args, paths)  # the calibration (checked) and the aligned-face check
-    settings = run_settings(args, backbone)
+    settings = run_settings(args, backbone, accelerator, torch)
     run_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     maps = plan_gradient_maps(args, paths) if args.save_gradient_maps and is_primary_process() else None
     if is_primary_process():  # DDP worker processes re-run this script: one process owns the folder
@@ -90,7 +86,8 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
         def make_module(trainer):
             choice = compile_choice(args, torch, backbone, accelerator, -(-len(todo) // trainer.world_size),
                                     trainer.is_global_zero)
-            return GraFIQsModule(backbone, groups=args.groups, precision=args.precision, channels_last=args.channels_last,
+            return GraFIQsModule(backbone, groups=args.groups, precision=args.precision,
+                                 channels_last=runs_channels_last(args, args.precision, accelerator, torch),
                                  return_embeddings=args.save_embeddings, compile_choice=choice,
                                  face_check=readable.face_check)
 
@@ -129,7 +126,7 @@ def run_scoring(args: argparse.Namespace, say: Callable[[str], None] = print) ->
     return summary
 
 
-def run_settings(args, backbone) -> dict:
+def run_settings(args, backbone, accelerator: str, torch) -> dict:
     """Everything the scores depend on (the weights and landmark file by content): the run's digest."""
     return {
         "image_path": str(Path(args.image_path).resolve()),
@@ -139,7 +136,8 @@ def run_settings(args, backbone) -> dict:
         "architecture": list(backbone.layers_per_stage) + list(backbone.widths),
         "bgr2rgb": args.bgr2rgb,
         "precision": args.precision,
-        **({"channels_last": True} if args.channels_last else {}),  # ~1e-5 apart, not bit for bit: never mixed
+        # ~1e-5 apart, not bit for bit: never mixed
+        **({"channels_last": True} if runs_channels_last(args, args.precision, accelerator, torch) else {}),
         "groups": list(args.groups),
         "alignment": {"detect": args.align, "select": args.select_face,
                       "landmarks_sha256": args.landmarks and file_digest(args.landmarks, "landmarks file")}
@@ -165,7 +163,7 @@ def setting_key(args, torch, backbone, accelerator: str, precision: str) -> str:
 
     device = "cuda" if on_gpu(accelerator, torch) else "cpu"
     return speed_key(torch, device, list(backbone.layers_per_stage) + list(backbone.widths), precision,
-                     args.batch_size, args.groups[0], args.channels_last)
+                     args.batch_size, args.groups[0], runs_channels_last(args, precision, accelerator, torch))
 
 
 def measured_bf16_speed(args, torch, backbone, accelerator: str) -> dict | None:
@@ -333,7 +331,8 @@ def start_or_resume(output, stale: set[str], settings: dict, overwrite: bool) ->
         output.remove(stale)
     elif logs and previous != settings:
         if isinstance(previous, dict):
-            changed = ", ".join(k for k in settings if previous.get(k) != settings[k]) or "format"
+            keys = [*settings, *(k for k in previous if k not in settings)]  # a setting either run lacks counts too
+            changed = ", ".join(k for k in keys if previous.get(k) != settings.get(k)) or "format"
             reason = f"a run with other settings ({changed})"
         else:
             reason = "a run whose settings.json is unreadable"
@@ -376,6 +375,24 @@ def load_backbone_for(args):
         args.bgr2rgb = args.bgr2rgb or trained_rgb
         args.colour_recorded = metadata["colour_order"]
     return backbone
+
+
+def runs_channels_last(args, precision: str, accelerator: str, torch) -> bool:
+    """--channels-last auto is on for bf16 on a CPU: there oneDNN's bf16 convolutions otherwise reorder NCHW around
+    every call (1.07-1.25x on an AMD EPYC with AVX512-BF16), while on an H200 NCHW bf16 was faster (benchmarks/RESULTS.md)."""
+    if args.channels_last == "auto":
+        return precision == "bf16" and not on_gpu(accelerator, torch)
+    return args.channels_last == "on"
+
+
+def refuse_compiled_bf16_on_gpu(args, gpu: bool) -> None:
+    """Compiled bf16 stages gave wrong scores on a GPU: --compile on is refused there, and auto stays eager."""
+    from grafiqs.quality.groups import COMPILED_BF16_ON_GPU
+
+    if gpu and args.precision == "bf16" and args.compile != "off":
+        if args.compile == "on":
+            raise InputError(f"--precision bf16 --compile on: {COMPILED_BF16_ON_GPU}")
+        args.compile = "off"
 
 
 def on_gpu(accelerator: str, torch) -> bool:
