@@ -6,7 +6,7 @@
 Rows: the official-style per-image loop (grafiqs.quality.reference) in IEEE float32, then the engine score.py
 runs (GraFIQsScorer) in float32 and bf16 autocast, in both memory layouts at each batch size, eager, and each
 precision compiled once in its faster layout. Each row: images/s, ratio to the loop, peak device memory, the
-worst relative difference per group against the loop's scores and the smallest Spearman correlation per group
+worst relative difference per group against the loop's scores (printed by group, the BN loss too) and the smallest Spearman correlation per group
 against float32 eager on the same images, the fraction of the device's own bf16 / float32 GEMM rate measured
 in the same run (8192^3 products: what its tensor cores reach, the ceiling a score can approach), and how far
 the loop moves when torch's default convolutions (TF32 on Ampere and newer GPUs) replace IEEE float32.
@@ -23,6 +23,8 @@ from bench_scorer import GROUPS, build_model, gflop_per_image, load_images
 from results import report
 
 SECTION = "GPU check (`benchmarks/gpu_check.py`)"
+# the loss too: if it agrees where a gradient does not, the statistics are right and the backward is not
+COMPARED = (*GROUPS, "bns_loss")
 
 
 def device_gemm_tflops(torch, device: str, dtype, size: int) -> float:
@@ -83,11 +85,11 @@ def main() -> None:
         start = time.perf_counter()
         scores = [reference_scores(model, images[i % len(images)].unsqueeze(0)) for i in range(count)]
         synchronise(torch, device)
-        return (time.perf_counter() - start) / count, {g: np.array([s[g] for s in scores]) for g in GROUPS}
+        return (time.perf_counter() - start) / count, {g: np.array([s[g] for s in scores]) for g in COMPARED}
 
     def relative_by_group(scores, reference) -> dict[str, np.ndarray]:
         n = min(len(scores["image"]), len(reference["image"]))
-        return {g: np.abs(scores[g][:n] - reference[g][:n]) / np.abs(reference[g][:n]) for g in GROUPS}
+        return {g: np.abs(scores[g][:n] - reference[g][:n]) / np.abs(reference[g][:n]) for g in COMPARED}
 
     def worst_relative(scores, reference) -> float:
         return max(float(np.max(r)) for r in relative_by_group(scores, reference).values())
@@ -107,12 +109,12 @@ def main() -> None:
         scorer(images[:batch_size])  # warm-up, compilation included
         synchronise(torch, device)
         warm = time.perf_counter() - warm
-        scores = {g: [] for g in GROUPS}
+        scores = {g: [] for g in COMPARED}
         start = time.perf_counter()
         for first in range(0, args.images - batch_size + 1, batch_size):
             result = scorer(images[first:first + batch_size])
-            for g in GROUPS:
-                scores[g].append(result.scores[g].float().cpu())
+            for g in COMPARED:
+                scores[g].append((result.bns_loss if g == "bns_loss" else result.scores[g]).float().cpu())
         synchronise(torch, device)
         done = args.images // batch_size * batch_size
         seconds = (time.perf_counter() - start) / done
