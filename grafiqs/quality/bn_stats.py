@@ -147,7 +147,7 @@ def _batches_of_one(x: torch.Tensor, *tensors: torch.Tensor) -> list[tuple[torch
     if x.is_contiguous() or x.is_cuda:
         return [tuple(t.contiguous().view(1, b * c, *t.shape[2:]) if t.dim() > 2 else t.view(b * c)
                       for t in (x, *tensors))]
-    return [tuple(t[i : i + 1] if t.dim() > 2 else t[i] for t in (x, *tensors)) for i in range(b)]
+    return list(zip(*(t.split(1) if t.dim() > 2 else t.unbind() for t in (x, *tensors))))
 
 
 def _reduced_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
