@@ -19,7 +19,7 @@ import datetime
 import sys
 import time
 
-from bench_scorer import GROUPS, build_model, gflop_per_image, load_images
+from bench_scorer import GOLDEN, GROUPS, build_model, gflop_per_image, load_images
 from results import report
 
 SECTION = "GPU check (`benchmarks/gpu_check.py`)"
@@ -130,7 +130,7 @@ def main() -> None:
         scores, seconds, memory, warm = measure(precision, batch_size, channels_last, compiled)
         if not compiled:
             eager_rate[precision, batch_size, channels_last] = 1 / seconds
-        unique = 14  # the golden crops repeat: rank only distinct images
+        unique = min(args.images, len(list((GOLDEN / "images").glob("*.png"))))  # the crops repeat: rank distinct ones
         rho = min(spearman(scores[g][:unique], baseline[g][:unique]) for g in GROUPS)
         ceiling = ceilings["bf16" if precision == "bf16" else "fp32"]
         print("rel. diff vs loop by group (worst / median): " + ", ".join(
