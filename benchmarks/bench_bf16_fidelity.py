@@ -71,7 +71,8 @@ def main() -> None:
             add_row("bf16 fidelity on synthetic faces (`benchmarks/bench_bf16_fidelity.py`)",
                     ["date", "model", "faces", "mode", f"Spearman ({' / '.join(GROUPS)})", "worst rel. diff", "command",
                      "machine"],
-                    [datetime.date.today().isoformat(), name, str(args.faces), ("compiled" if args.compile else "eager") + (", bf16 channels_last" if args.channels_last else ""),
+                    [datetime.date.today().isoformat(), name, str(args.faces),
+                     ("compiled" if args.compile else "eager") + (", bf16 channels_last" if args.channels_last else ""),
                      spearmans, f"{worst:.1e}", "`python benchmarks/bench_bf16_fidelity.py " + " ".join(sys.argv[1:]) + "`",
                      f"{machine()}, torch {torch.__version__}"])
 

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from results import gemm_ceilings, report
@@ -126,40 +127,48 @@ def suite(args, model, images, reference, reference_seconds) -> None:
     modes = [("32", GROUPS, False), ("32", GROUPS, True), ("32", ("block4",), False)] + \
         ([("bf16", GROUPS, False), ("bf16", GROUPS, True)] if units else [])
     unique = len({tuple(r.values()) for r in reference})  # Spearman on the distinct crops only
-    weights_folder = tempfile.TemporaryDirectory()
-    weights = Path(weights_folder.name) / "weights.pth"
-    torch.save(model.state_dict(), weights)
-    for precision, groups, channels_last in modes:
-        scorer = GraFIQsScorer(model, groups=groups, precision=precision, channels_last=channels_last)
-        scores, seconds = timed_scores(scorer, images, args.batch_size)
-        gflop = mode_gflop(model, images[:1], groups)
-        ceiling = ceilings["bf16" if precision == "bf16" else "fp32"]
-        if precision == "32":
-            fidelity = f"worst rel. diff {max(abs(scores[g][i] - reference[i][g]) / abs(reference[i][g]) for g in groups for i in range(len(images))):.1e}"
-        else:
-            fidelity = "min Spearman " + f"{min(spearman(np.array(scores[g][:unique]), np.array([r[g] for r in reference[:unique]])) for g in groups):.4f}"
-        row = {
-            "date": datetime.date.today().isoformat(), "arch": args.arch,
-            "mode": f"{'bf16' if precision == 'bf16' else 'fp32'}, {'all groups' if groups == GROUPS else '--groups ' + ','.join(groups)}, bs {args.batch_size}"
-                    + (", --channels-last" if channels_last else ""),
-            "loop img/s": f"{1 / reference_seconds:.2f}", "img/s": f"{1 / seconds:.2f}",
-            "ratio to loop": f"{reference_seconds / seconds:.2f}x", "GFLOP/image": f"{gflop:.1f}",
-            "GEMM GFLOP/s fp32 / bf16": f"{ceilings['fp32']:.1f} / {ceilings['bf16']:.1f}",
-            "of its ceiling": f"{gflop / seconds / ceiling:.0%}", "fidelity": fidelity,
-            "bf16 units": ", ".join(units) or "none",
-        }
-        if args.e2e:  # whole score.py processes in this mode, marginal per image
-            per_image = marginal_seconds_per_image(weights, args.arch, args,
-                                                   score_py_options(precision, channels_last, False, groups))
-            row |= {"score.py img/s": f"{1 / per_image:.2f}", "score.py of its ceiling": f"{gflop / per_image / ceiling:.0%}"}
-        report(SUITE_E2E_SECTION if args.e2e else SUITE_SECTION, row, args.record, "bench_scorer.py", sys.argv[1:])
-    weights_folder.cleanup()
+    with weights_file(model) if args.e2e else nullcontext() as weights:  # what score.py processes load
+        for precision, groups, channels_last in modes:
+            scorer = GraFIQsScorer(model, groups=groups, precision=precision, channels_last=channels_last)
+            scores, seconds = timed_scores(scorer, images, args.batch_size)
+            gflop = mode_gflop(model, images[:1], groups)
+            ceiling = ceilings["bf16" if precision == "bf16" else "fp32"]
+            if precision == "32":
+                fidelity = f"worst rel. diff {max(abs(scores[g][i] - reference[i][g]) / abs(reference[i][g]) for g in groups for i in range(len(images))):.1e}"
+            else:
+                fidelity = "min Spearman " + f"{min(spearman(np.array(scores[g][:unique]), np.array([r[g] for r in reference[:unique]])) for g in groups):.4f}"
+            row = {
+                "date": datetime.date.today().isoformat(), "arch": args.arch,
+                "mode": f"{'bf16' if precision == 'bf16' else 'fp32'}, {'all groups' if groups == GROUPS else '--groups ' + ','.join(groups)}, bs {args.batch_size}"
+                        + (", --channels-last" if channels_last else ""),
+                "loop img/s": f"{1 / reference_seconds:.2f}", "img/s": f"{1 / seconds:.2f}",
+                "ratio to loop": f"{reference_seconds / seconds:.2f}x", "GFLOP/image": f"{gflop:.1f}",
+                "GEMM GFLOP/s fp32 / bf16": f"{ceilings['fp32']:.1f} / {ceilings['bf16']:.1f}",
+                "of its ceiling": f"{gflop / seconds / ceiling:.0%}", "fidelity": fidelity,
+                "bf16 units": ", ".join(units) or "none",
+            }
+            if args.e2e:  # whole score.py processes in this mode, marginal per image
+                per_image = marginal_seconds_per_image(weights, args.arch, args,
+                                                       score_py_options(precision, channels_last, False, groups))
+                row |= {"score.py img/s": f"{1 / per_image:.2f}", "score.py of its ceiling": f"{gflop / per_image / ceiling:.0%}"}
+            report(SUITE_E2E_SECTION if args.e2e else SUITE_SECTION, row, args.record, "bench_scorer.py", sys.argv[1:])
 
 
 def score_py_options(precision: str, channels_last: bool, compiled: bool, groups=GROUPS) -> list[str]:
     """The score.py options of one mode, every choice spelled out (no auto)."""
     return (["--precision", precision, "--channels-last", "on" if channels_last else "off",
              "--compile", "on" if compiled else "off"] + ([] if groups == GROUPS else ["--groups", ",".join(groups)]))
+
+
+@contextmanager
+def weights_file(model):
+    """The model's state dict in a temporary file, for whole score.py processes."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "weights.pth"
+        torch.save(model.state_dict(), path)
+        yield path
 
 
 def marginal_seconds_per_image(arch_weights: Path, arch: str, args, options: list[str]) -> float:
@@ -259,9 +268,7 @@ def main() -> None:
     rho = min(spearman(np.array(batched[g][:unique]), np.array([r[g] for r in reference[:unique]])) for g in GROUPS)
     e2e = ""
     if args.e2e:
-        with tempfile.TemporaryDirectory() as folder:
-            weights = Path(folder) / "weights.pth"
-            torch.save(model.state_dict(), weights)
+        with weights_file(model) as weights:
             per_image = marginal_seconds_per_image(
                 weights, args.arch, args, score_py_options(args.precision, args.channels_last, args.compile))
         e2e = f"{1 / per_image:.2f} img/s ({reference_seconds / per_image:.2f}x)"

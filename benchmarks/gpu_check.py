@@ -91,13 +91,13 @@ def main() -> None:
         n = min(len(scores["image"]), len(reference["image"]))
         return {g: np.abs(scores[g][:n] - reference[g][:n]) / np.abs(reference[g][:n]) for g in COMPARED}
 
-    def worst_relative(scores, reference) -> float:
-        return max(float(np.max(r)) for r in relative_by_group(scores, reference).values())
+    def worst(relative: dict[str, np.ndarray]) -> float:
+        return max(float(np.max(r)) for r in relative.values())
 
     with ieee_float32_convolutions():
         loop_seconds, loop_scores = loop(args.loop_images)
     tf32_seconds, tf32_scores = loop(args.loop_images)  # torch's default on this device (TF32 where cuDNN has it)
-    tf32_differs = f"{worst_relative(tf32_scores, loop_scores):.1e}"
+    tf32_differs = f"{worst(relative_by_group(tf32_scores, loop_scores)):.1e}"
     print(f"per-image loop: {1 / loop_seconds:.1f} img/s IEEE float32; torch's default convolutions "
           f"(TF32 on Ampere and newer): {1 / tf32_seconds:.1f} img/s, worst rel. diff {tf32_differs}", flush=True)
 
@@ -123,18 +123,19 @@ def main() -> None:
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     compiled_batch = batch_sizes[1] if len(batch_sizes) > 1 else batch_sizes[0]
-    baseline, *_ = measure("32", batch_sizes[0], False, False)
-    eager_rate = {}
+    unique = min(args.images, len(list((GOLDEN / "images").glob("*.png"))))  # the crops repeat: rank distinct ones
+    eager_rate, baseline = {}, {}  # baseline: the first row's scores, float32 eager in the default layout
 
     def row(precision: str, batch_size: int, channels_last: bool, compiled: bool) -> None:
         scores, seconds, memory, warm = measure(precision, batch_size, channels_last, compiled)
         if not compiled:
             eager_rate[precision, batch_size, channels_last] = 1 / seconds
-        unique = min(args.images, len(list((GOLDEN / "images").glob("*.png"))))  # the crops repeat: rank distinct ones
+        baseline.update(baseline or scores)
         rho = min(spearman(scores[g][:unique], baseline[g][:unique]) for g in GROUPS)
         ceiling = ceilings["bf16" if precision == "bf16" else "fp32"]
+        relative = relative_by_group(scores, loop_scores)
         print("rel. diff vs loop by group (worst / median): " + ", ".join(
-            f"{g} {np.max(r):.1e} / {np.median(r):.1e}" for g, r in relative_by_group(scores, loop_scores).items()))
+            f"{g} {np.max(r):.1e} / {np.median(r):.1e}" for g, r in relative.items()))
         report(SECTION, {
             "date": datetime.date.today().isoformat(), "device": name, "arch": args.arch,
             "mode": f"{'bf16' if precision == 'bf16' else 'fp32'}, bs {batch_size}"
@@ -144,7 +145,7 @@ def main() -> None:
             "vs loop": f"{loop_seconds / seconds:.1f}x", "peak memory": f"{memory:.1f} GiB",
             "of GEMM rate": f"{gflop / seconds / 1e3 / ceiling:.0%}",
             "GEMM TFLOP/s fp32 / bf16": f"{ceilings['fp32']:.0f} / {ceilings['bf16']:.0f}",
-            "worst rel. diff vs loop": f"{worst_relative(scores, loop_scores):.1e}",
+            "worst rel. diff vs loop": f"{worst(relative):.1e}",
             "min Spearman vs fp32": f"{rho:.4f}", "loop with TF32: rel. diff": tf32_differs,
         }, args.record, "gpu_check.py", sys.argv[1:])
         print(flush=True)
